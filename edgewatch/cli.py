@@ -1,0 +1,219 @@
+"""``edgewatch`` command line: serve | jobs | show JOB | schema | demo.
+
+``serve`` runs the daemon; ``jobs`` and ``show`` read the daemon's HTTP API
+(``--server``, default ``$EDGEWATCH_SERVER`` or http://127.0.0.1:9108).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from edgewatch._version import __version__
+from edgewatch.errors import ApiError, ConfigError
+
+DEFAULT_SERVER = "http://127.0.0.1:9108"
+
+
+def api_get(server: str, path: str, timeout: float = 5.0) -> Any:
+    url = server.rstrip("/") + path
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise ApiError(f"{url}: {exc.code} {message}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ApiError(
+            f"cannot reach the edgewatch daemon at {server} ({reason}); is `edgewatch serve` "
+            "running? Point --server (or EDGEWATCH_SERVER) at its HTTP address."
+        ) from exc
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _ago(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    seconds = max(0.0, datetime.datetime.now().timestamp() - timestamp)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    jobs = api_get(args.server, "/api/jobs")
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return 0
+    if not jobs:
+        print("no jobs yet: attach a training run with edgewatch.attach(optimizer, job=...)")
+        return 0
+    rows = [
+        [
+            j["job_id"],
+            j["status"],
+            _fmt(j["last_step"]),
+            _fmt(j["loss"]),
+            _fmt(j["records"]),
+            _ago(j["last_seen"]),
+        ]
+        for j in jobs
+    ]
+    print(table(["JOB", "STATUS", "LAST STEP", "LAST LOSS", "RECORDS", "LAST SEEN"], rows))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    quoted = urllib.parse.quote(args.job, safe="")
+    job = api_get(args.server, f"/api/jobs/{quoted}")
+    last = job["last_step"] or 0
+    steps = api_get(args.server, f"/api/jobs/{quoted}/steps?start={max(0, last - args.steps + 1)}")
+    if args.json:
+        print(json.dumps({"job": job, "steps": steps}, indent=2))
+        return 0
+    opt = job["optimizer"]
+    print(f"job {job['job_id']}  ({job['status']}, run {job['run']}, host {job['host'] or '-'})")
+    print(f"  optimizer   {opt.get('kind')}  lr={_fmt(opt.get('lr'))}  params={opt.get('params')}")
+    when = _ago(job["last_seen"])
+    print(f"  last step   {_fmt(job['last_step'])}  of {_fmt(job['total_steps'])}  ({when})")
+    print(f"  records     {job['records']} stored, {job['dropped']} dropped by the client")
+    now = f"lr={_fmt(job['lr'])}  loss={_fmt(job['loss'])}  grad_norm={_fmt(job['grad_norm'])}"
+    print(f"  now         {now}")
+    sharp = job["sharpness"]
+    if sharp is not None:
+        kind = "preconditioned sharpness" if job["preconditioned"] else "sharpness"
+        print(
+            f"  {kind} {_fmt(sharp)} at step {job['sharpness_step']}; threshold "
+            f"{_fmt(job['stability_threshold'])}; ratio {_fmt(job['stability_ratio'])}"
+        )
+    if steps:
+        print(f"\n  last {len(steps)} steps:")
+        rows = [
+            [_fmt(s["step"]), _fmt(s["lr"]), _fmt(s["loss"]), _fmt(s["grad_norm"])] for s in steps
+        ]
+        print(
+            "\n".join(
+                "  " + line
+                for line in table(["STEP", "LR", "LOSS", "GRAD NORM"], rows).splitlines()
+            )
+        )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edgewatch.server import load_settings, serve
+
+    overrides = {
+        name: getattr(args, name, None)
+        for name in (
+            "db",
+            "bind",
+            "http",
+            "log_level",
+            "commit_interval",
+            "job_expiry",
+            "max_frame_bytes",
+        )
+    }
+    settings = load_settings(args.config, overrides=overrides)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    return serve(settings)
+
+
+def cmd_schema(_args: argparse.Namespace) -> int:
+    from edgewatch.schemas.codec import json_schema_text
+
+    print(json_schema_text())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgewatch.demo import run_demo
+
+    return run_demo(steps=args.steps, workdir=args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgewatch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"edgewatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    server_url = os.environ.get("EDGEWATCH_SERVER", DEFAULT_SERVER)
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", help="TOML settings file (also $EDGEWATCH_CONFIG)")
+    serve.add_argument("--db", help="database URL (default sqlite:///edgewatch.db)")
+    serve.add_argument("--bind", help="ZeroMQ endpoint (default tcp://127.0.0.1:5555)")
+    serve.add_argument("--http", help="HTTP HOST:PORT (default 127.0.0.1:9108)")
+    serve.add_argument("--commit-interval", type=float, help="seconds between commits (0.1)")
+    serve.add_argument(
+        "--job-expiry", type=float, help="seconds before a silent job leaves /metrics"
+    )
+    serve.add_argument("--max-frame-bytes", type=int, help="largest frame accepted")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    serve.set_defaults(func=cmd_serve)
+
+    jobs = sub.add_parser("jobs", help="list the jobs the daemon knows")
+    show = sub.add_parser("show", help="one job: state and its latest steps")
+    show.add_argument("job")
+    show.add_argument("--steps", type=int, default=10, help="how many recent steps to list")
+    for p, func in ((jobs, cmd_jobs), (show, cmd_show)):
+        p.add_argument(
+            "--server", default=server_url, help=f"daemon HTTP URL (default {server_url})"
+        )
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.set_defaults(func=func)
+
+    schema = sub.add_parser("schema", help="print the wire protocol's JSON Schema")
+    schema.set_defaults(func=cmd_schema)
+
+    demo = sub.add_parser("demo", help="daemon + a small training run heading for instability")
+    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--workdir", default=".demo", help="where the demo database goes")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ApiError, ConfigError) as exc:
+        print(f"edgewatch: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,82 @@
+"""What the training thread reads from the optimizer, cheaply and without a GPU sync.
+
+The gradient norm is one fused ``torch._foreach_norm`` per (device, dtype) group, the
+same kernel ``torch.nn.utils.clip_grad_norm_`` uses, left on the device as a 0-d tensor:
+reading it back is the sender's job, in batches (``readback.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import torch
+
+from edgewatch._version import __version__
+from edgewatch.schemas import OptimizerInfo
+
+
+def trainable_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def global_grad_norm(params: list[torch.Tensor]) -> torch.Tensor | None:
+    """‖g‖₂ over every parameter's gradient, as a float32 0-d tensor on the first device."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    first = grads[0]
+    if all(g.device == first.device and g.dtype == first.dtype for g in grads):
+        norms = list(torch._foreach_norm(grads, 2, dtype=torch.float32))
+    else:
+        norms = _grouped_norms(grads, first.device)
+    total: torch.Tensor = torch.linalg.vector_norm(torch.stack(norms))
+    return total
+
+
+def _grouped_norms(grads: list[torch.Tensor], out_device: torch.device) -> list[torch.Tensor]:
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    norms: list[torch.Tensor] = []
+    for group in groups.values():
+        group_norms = torch._foreach_norm(group, 2, dtype=torch.float32)
+        norms.append(
+            torch.linalg.vector_norm(torch.stack(group_norms)).to(out_device, non_blocking=True)
+        )
+    return norms
+
+
+def _first(group: dict[str, Any], key: str) -> Any:
+    value = group.get(key)
+    return float(value) if isinstance(value, torch.Tensor) else value
+
+
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> OptimizerInfo:
+    group = optimizer.param_groups[0]
+    betas = group.get("betas")
+    momentum = _first(group, "momentum")
+    return OptimizerInfo(
+        kind=type(optimizer).__name__,
+        lr=float(_first(group, "lr")),
+        momentum=float(momentum) if momentum is not None else None,
+        nesterov=bool(group.get("nesterov", False)),
+        betas=(float(betas[0]), float(betas[1])) if betas is not None else None,
+        eps=_first(group, "eps"),
+        weight_decay=float(_first(group, "weight_decay") or 0.0),
+        param_groups=len(optimizer.param_groups),
+        params=sum(p.numel() for p in trainable_params(optimizer)),
+    )
+
+
+def process_identity() -> dict[str, Any]:
+    """Rank and world size as torchrun sets them, host, pid, versions."""
+    return {
+        "rank": int(os.environ.get("RANK", "0")),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "client_version": __version__,
+        "torch_version": str(torch.__version__),
+    }

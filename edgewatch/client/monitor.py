@@ -1,0 +1,263 @@
+"""``edgewatch.attach(...)``: the hook that lives in the training loop.
+
+Per optimizer step the training thread does only this: an optimizer step pre-hook
+launches the fused gradient-norm kernel and reads the param groups' learning rates
+(before ``zero_grad`` and before the scheduler moves the LR on); ``mon.step(loss)``
+appends one tuple to a list. Every 64 steps, or 0.2 s, the list goes to the sender
+thread in one piece. No ``.item()``, no lock, no socket on the training thread.
+
+Every failure inside the monitor is caught, counted in ``stats`` and logged once; the
+training loop never sees an exception from edgewatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from edgewatch.client.capture import (
+    describe_optimizer,
+    global_grad_norm,
+    process_identity,
+    trainable_params,
+)
+from edgewatch.client.readback import pack
+from edgewatch.client.sender import RecordItem, Sender, StepChunk
+from edgewatch.schemas import Event, JobEnd
+
+log = logging.getLogger("edgewatch.client")
+
+CHUNK_STEPS = 64
+CHUNK_SECONDS = 0.2
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+class Monitor:
+    """Returned by :func:`attach`: ``step(loss)`` per optimizer step, ``close()`` at the end."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: torch.nn.Module | None = None,
+        *,
+        job: str,
+        endpoint: str = DEFAULT_ENDPOINT,
+        probe: Callable[[], torch.Tensor] | None = None,
+        scheduler: Any = None,
+        total_steps: int | None = None,
+        budget: float = 0.02,
+        max_buffered: int = 200_000,
+        flush_interval: float = 0.05,
+        close_timeout: float = 5.0,
+        all_ranks: bool = False,
+    ) -> None:
+        _check_arguments(optimizer, job, endpoint, budget, total_steps)
+        self.job = job
+        self.optimizer = optimizer
+        self.model = model
+        self.probe = probe
+        self.scheduler = scheduler
+        self.budget = budget
+        self.close_timeout = close_timeout
+        self.errors = 0
+        self.closed = False
+        self._logged: set[str] = set()
+        self._step = 0
+        self._rows: list[tuple[int, float, list[float]]] = []
+        self._values: list[Any] = []  # loss, grad norm, loss, grad norm, ...
+        self._last_ship = time.monotonic()
+        self._lrs: list[float] | None = None
+        self._grad_norm: torch.Tensor | None = None
+        self._params = trainable_params(optimizer)
+        identity = process_identity()
+        # Under torchrun every rank runs this line; by default rank 0 alone reports.
+        self.enabled = all_ranks or identity["rank"] == 0
+        self.run = random.getrandbits(62)
+        self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
+        self.sender: Sender | None = None
+        if self.enabled:
+            start = dict(
+                identity,
+                wall_time=time.time(),
+                optimizer=describe_optimizer(optimizer),
+                total_steps=total_steps,
+                budget=budget,
+            )
+            self.sender = Sender(
+                endpoint,
+                job,
+                self.run,
+                start,
+                max_buffered=max_buffered,
+                flush_interval=flush_interval,
+            )
+            self.sender.start()
+
+    # -- hot path ---------------------------------------------------------------------
+
+    def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self.enabled:
+            return
+        try:
+            self._lrs = [float(group["lr"]) for group in optimizer.param_groups]
+            self._grad_norm = global_grad_norm(self._params)
+        except Exception as exc:
+            self._fail("hook", exc)
+
+    def step(self, loss: torch.Tensor | float | None = None, *, step: int | None = None) -> None:
+        """Record the optimizer step just taken. Never blocks, never raises."""
+        if not self.enabled or self.closed:
+            return
+        try:
+            number = self._step if step is None else step
+            self._step = number + 1
+            lrs = self._lrs
+            if lrs is None:  # optimizer.step() was not called (a skipped AMP step, say)
+                lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
+            self._rows.append((number, time.time(), lrs))
+            self._values.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+            self._values.append(self._grad_norm)
+            self._lrs = self._grad_norm = None
+            if len(self._rows) >= CHUNK_STEPS or time.monotonic() - self._last_ship > CHUNK_SECONDS:
+                self._ship()
+        except Exception as exc:
+            self._fail("step", exc)
+
+    def _ship(self) -> None:
+        if self._rows and self.sender is not None:
+            self.sender.put(StepChunk(self._rows, pack(self._values)))
+        self._rows, self._values = [], []
+        self._last_ship = time.monotonic()
+
+    # -- everything else --------------------------------------------------------------
+
+    def event(self, kind: str, detail: str = "", *, step: int | None = None) -> None:
+        """Report something that happened (``checkpoint_saved``, ``data_reshuffled``, ...)."""
+        if not self.enabled or self.closed or self.sender is None:
+            return
+        try:
+            self._ship()  # keep the event behind the steps before it
+            at = self._step if step is None else step
+            self.sender.put(
+                RecordItem(
+                    Event, {"step": at, "wall_time": time.time(), "kind": kind, "detail": detail}
+                )
+            )
+        except Exception as exc:
+            self._fail("event", exc)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: records sent/acknowledged/rejected/dropped, errors, unacknowledged."""
+        s = self.sender.stats if self.sender else None
+        return {
+            "steps": self._step,
+            "records": s.records if s else 0,
+            "acknowledged": s.acknowledged if s else 0,
+            "rejected": s.rejected if s else 0,
+            "dropped": s.dropped if s else 0,
+            "unacknowledged": self.sender.unacknowledged if self.sender else 0,
+            "errors": self.errors + (s.errors if s else 0),
+        }
+
+    def close(self, status: str = "finished", timeout: float | None = None) -> None:
+        """Send what is left and wait (at most ``timeout`` s) for acknowledgements.
+
+        Returns at once when no daemon is connected. Safe to call twice.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._hook.remove()
+            if self.sender is None:
+                return
+            self._ship()
+            end = {"step": max(self._step - 1, 0), "wall_time": time.time(), "status": status}
+            self.sender.put(RecordItem(JobEnd, end))
+            wait = self.close_timeout if timeout is None else timeout
+            self.sender.finish(wait)
+            self.sender.join(wait + 1.0)
+            left = self.sender.unacknowledged
+            if left:
+                log.warning(
+                    "edgewatch: closed with %d record(s) not acknowledged by %s",
+                    left,
+                    self.sender.endpoint,
+                )
+        except Exception as exc:
+            self._fail("close", exc)
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self.close(
+            "finished"
+            if exc_type is None
+            else ("interrupted" if exc_type is KeyboardInterrupt else "failed")
+        )
+
+    def _fail(self, where: str, exc: BaseException) -> None:
+        self.errors += 1
+        if where not in self._logged:
+            self._logged.add(where)
+            log.warning(
+                "edgewatch: error in %s, training continues (further errors counted): %r",
+                where,
+                exc,
+            )
+
+
+def _check_arguments(
+    optimizer: Any, job: str, endpoint: str, budget: float, total_steps: int | None
+) -> None:
+    # Mistakes in the call itself are the user's to fix now, before training starts.
+    if not hasattr(optimizer, "param_groups") or not hasattr(optimizer, "register_step_pre_hook"):
+        raise TypeError(f"attach() needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not isinstance(job, str) or not job or len(job) > 200 or not job.isprintable():
+        raise ValueError(f"job must be a printable name of 1..200 characters, got {job!r}")
+    if "://" not in endpoint:
+        raise ValueError(
+            f"endpoint must be a ZeroMQ endpoint like {DEFAULT_ENDPOINT}, got {endpoint!r}"
+        )
+    if not 0 <= budget < 1:
+        raise ValueError(f"budget is a share of wall time in [0, 1), got {budget!r}")
+    if total_steps is not None and total_steps < 0:
+        raise ValueError(f"total_steps must be >= 0, got {total_steps!r}")
+
+
+def attach(
+    optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module | None = None,
+    *,
+    job: str,
+    endpoint: str | None = None,
+    probe: Callable[[], torch.Tensor] | None = None,
+    scheduler: Any = None,
+    total_steps: int | None = None,
+    budget: float = 0.02,
+    **options: Any,
+) -> Monitor:
+    """Start monitoring ``optimizer``'s training; see :class:`Monitor` for ``options``.
+
+    ``endpoint`` defaults to ``$EDGEWATCH_ENDPOINT`` or tcp://127.0.0.1:5555.
+    """
+    endpoint = endpoint or os.environ.get("EDGEWATCH_ENDPOINT", DEFAULT_ENDPOINT)
+    return Monitor(
+        optimizer,
+        model,
+        job=job,
+        endpoint=endpoint,
+        probe=probe,
+        scheduler=scheduler,
+        total_steps=total_steps,
+        budget=budget,
+        **options,
+    )

@@ -1,0 +1,59 @@
+"""Reading device scalars back without stalling the training thread.
+
+The training thread collects per-step values (loss, gradient norm) as 0-d tensors and
+hands them over in chunks. For CUDA tensors it stacks a chunk's values into one tensor,
+starts one non-blocking copy into pinned host memory and records an event: no host-device
+synchronisation happens on the training thread. The sender thread polls the event
+(``query()``, never a blocking sync) and reads the host copy once it has landed. CPU
+tensors need none of that: the sender reads them directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+Value = torch.Tensor | float | int | None
+
+
+@dataclasses.dataclass
+class Packed:
+    """A chunk's values, some of them possibly still in flight from the device."""
+
+    values: list[Any]
+    host: torch.Tensor | None = None  # pinned copy of the device values
+    event: Any = None  # torch.cuda.Event recorded after the copy
+    slots: list[int] = dataclasses.field(default_factory=list)  # positions of device values
+
+    def ready(self) -> bool:
+        return self.event is None or bool(self.event.query())
+
+    def floats(self) -> list[float | None]:
+        """Every value as a Python float (call once ``ready()``)."""
+        out: list[Any] = list(self.values)
+        if self.host is not None:
+            for slot, value in zip(self.slots, self.host.tolist(), strict=True):
+                out[slot] = value
+        tensors = [i for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
+        if tensors:
+            stacked = torch.stack([out[i].detach().reshape(()).float() for i in tensors]).tolist()
+            for i, value in zip(tensors, stacked, strict=True):
+                out[i] = value
+        return [None if v is None else float(v) for v in out]
+
+
+def pack(values: list[Value]) -> Packed:
+    """Start moving a chunk's CUDA values to the host; runs on the training thread."""
+    slots = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor) and v.is_cuda]
+    if not slots:
+        return Packed(values)
+    device_values = torch.stack([values[i].detach().reshape(()).float() for i in slots])  # type: ignore[union-attr]
+    host = torch.empty(device_values.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(device_values, non_blocking=True)
+    event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+    event.record()
+    on_device = set(slots)
+    rest = [None if i in on_device else v for i, v in enumerate(values)]
+    return Packed(rest, host=host, event=event, slots=slots)

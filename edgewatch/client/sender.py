@@ -1,0 +1,302 @@
+"""The sender thread: owns the ZeroMQ DEALER socket, turns chunks into frames, keeps
+every frame until the daemon acknowledges its commit, and resends what goes unanswered.
+
+    training thread --put()--> inbox (bounded, oldest chunk dropped and counted)
+    sender thread:  inbox --> records (seq numbers, values read back) --> frames
+                    frames --send--> daemon --Ack/Nack--> forget the frame
+                    unanswered for ``resend_after`` s --> send again
+
+The socket has IMMEDIATE set: while no daemon is connected a send fails at once
+instead of queueing inside ZeroMQ, so the frames stay here, counted and bounded, and
+``close()`` knows there is nobody to wait for.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any
+
+import msgspec
+import zmq
+
+from edgewatch.client.readback import Packed
+from edgewatch.schemas import Ack, AnyRecord, Batch, JobStart, Nack, Step, decode_reply, encode
+
+log = logging.getLogger("edgewatch.client")
+
+MAX_FRAME_RECORDS = 4096
+
+
+@dataclasses.dataclass
+class StepChunk:
+    """Steps shipped together by the training thread; values in ``packed``.
+
+    ``rows`` holds (step, wall_time, lrs) per step; ``packed`` holds the loss and gradient
+    norm of each step, interleaved: [loss0, norm0, loss1, norm1, ...].
+    """
+
+    rows: list[tuple[int, float, list[float]]]
+    packed: Packed
+
+
+@dataclasses.dataclass
+class RecordItem:
+    """A non-step record to send; the sender fills in job, run and seq."""
+
+    kind: type[AnyRecord]
+    fields: dict[str, Any]
+
+
+def _ready(item: StepChunk | RecordItem) -> bool:
+    return isinstance(item, RecordItem) or item.packed.ready()
+
+
+@dataclasses.dataclass
+class _Frame:
+    frame_id: int
+    records: int
+    payload: bytes
+    sticky: bool  # holds the JobStart: never dropped
+    sent_at: float | None = None
+
+
+@dataclasses.dataclass
+class SenderStats:
+    records: int = 0  # records framed for sending
+    acknowledged: int = 0
+    rejected: int = 0
+    dropped_queue: int = 0  # by the training thread: inbox full (written by it alone)
+    dropped_buffer: int = 0  # by the sender: unacknowledged buffer full
+    errors: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_queue + self.dropped_buffer
+
+
+class Sender(threading.Thread):
+    def __init__(
+        self,
+        endpoint: str,
+        job: str,
+        run: int,
+        start: dict[str, Any],
+        *,
+        max_buffered: int,
+        flush_interval: float,
+        resend_after: float = 5.0,
+    ) -> None:
+        super().__init__(name="edgewatch-sender", daemon=True)
+        self.endpoint = endpoint
+        self.job, self.run_id = job, run
+        self._start_fields = start  # the JobStart: framed first, kept until acknowledged
+        self.max_buffered = max_buffered
+        self.flush_interval = flush_interval
+        self.resend_after = resend_after
+        self.inbox: collections.deque[StepChunk | RecordItem] = collections.deque()
+        self.max_inbox = max(4, max_buffered // 64)  # chunks are at most 64 steps
+        self.stats = SenderStats()
+        self.connected = False
+        self._seq = 0
+        self._next_frame_id = 1
+        self._unsent: list[StepChunk | RecordItem] = []  # taken from inbox, values in flight
+        self._frames: collections.OrderedDict[int, _Frame] = collections.OrderedDict()
+        self._buffered = 0  # records in _frames
+        self._finishing = threading.Event()
+        self._close_deadline = 0.0
+        self._logged: set[str] = set()
+
+    # -- training thread side ---------------------------------------------------------
+
+    def put(self, item: StepChunk | RecordItem) -> None:
+        """Never blocks. When the sender falls behind, the oldest chunk goes, counted."""
+        if len(self.inbox) >= self.max_inbox:
+            try:
+                old = self.inbox.popleft()
+                self.stats.dropped_queue += len(old.rows) if isinstance(old, StepChunk) else 1
+            except IndexError:
+                pass
+        self.inbox.append(item)
+
+    def finish(self, timeout: float) -> None:
+        """Ask the thread to send everything and wait up to ``timeout`` for the acks."""
+        self._close_deadline = time.monotonic() + timeout
+        self._finishing.set()
+
+    @property
+    def unacknowledged(self) -> int:
+        return self._buffered + len(self.inbox) + len(self._unsent)
+
+    # -- sender thread ----------------------------------------------------------------
+
+    def run(self) -> None:
+        context: zmq.Context[Any] = zmq.Context(io_threads=1)
+        sock = context.socket(zmq.DEALER)
+        for option, value in (
+            (zmq.LINGER, 0),  # close() must never hang on unsent frames
+            (zmq.IMMEDIATE, 1),  # no daemon, no queueing inside ZeroMQ (see module doc)
+            (zmq.SNDHWM, 64),
+            (zmq.RCVHWM, 1024),
+            (zmq.RECONNECT_IVL, 100),
+            (zmq.RECONNECT_IVL_MAX, 2000),
+            (zmq.MAXMSGSIZE, 1 << 20),
+        ):
+            sock.setsockopt(option, value)
+        try:
+            self._add_frame([self._record(RecordItem(JobStart, self._start_fields))], sticky=True)
+            sock.connect(self.endpoint)
+            self._loop(sock)
+        except Exception as exc:  # the thread must end cleanly whatever happens
+            self._note("sender", f"sender thread stopped: {exc!r}")
+        finally:
+            sock.close(linger=0)
+            context.term()
+
+    def _loop(self, sock: zmq.Socket[Any]) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        last_contact = time.monotonic()
+        while True:
+            try:
+                self._frame_inbox()
+                if self._send_frames(sock):
+                    last_contact = time.monotonic()
+                if poller.poll(int(self.flush_interval * 1000)):
+                    self._read_replies(sock)
+                    last_contact = time.monotonic()
+            except Exception as exc:
+                self.stats.errors += 1
+                self._note(type(exc).__name__, f"sender error (monitoring continues): {exc!r}")
+                time.sleep(self.flush_interval)
+            if self._finishing.is_set() and self._done_or_hopeless(last_contact):
+                return
+
+    def _done_or_hopeless(self, last_contact: float) -> bool:
+        now = time.monotonic()
+        if self.unacknowledged == 0 or now >= self._close_deadline:
+            return True
+        # Nothing has come back for a while and nothing is connected: a daemon that
+        # never existed (or died) must not hold close() for the whole timeout.
+        return not self.connected and now - last_contact > 1.0
+
+    def _frame_inbox(self) -> None:
+        while self.inbox:
+            self._unsent.append(self.inbox.popleft())
+        records: list[AnyRecord] = []
+        # Records keep their order: a chunk whose device values are still in flight
+        # holds back everything behind it.
+        while self._unsent and _ready(self._unsent[0]):
+            item = self._unsent.pop(0)
+            if isinstance(item, RecordItem):
+                records.append(self._record(item))
+            else:
+                records.extend(self._steps(item))
+            if len(records) >= MAX_FRAME_RECORDS:
+                self._add_frame(records)
+                records = []
+        if records:
+            self._add_frame(records)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _record(self, item: RecordItem) -> AnyRecord:
+        return item.kind(job=self.job, run=self.run_id, seq=self._next_seq(), **item.fields)
+
+    def _steps(self, chunk: StepChunk) -> list[Step]:
+        values = chunk.packed.floats()
+        steps = []
+        for i, (step, wall_time, lrs) in enumerate(chunk.rows):
+            group_lrs = lrs if len(lrs) > 1 and any(x != lrs[0] for x in lrs) else None
+            steps.append(
+                Step(
+                    job=self.job,
+                    run=self.run_id,
+                    seq=self._next_seq(),
+                    step=step,
+                    wall_time=wall_time,
+                    lr=lrs[0],
+                    group_lrs=group_lrs,
+                    loss=values[2 * i],
+                    grad_norm=values[2 * i + 1],
+                )
+            )
+        return steps
+
+    def _add_frame(self, records: list[AnyRecord], sticky: bool = False) -> None:
+        frame_id = self._next_frame_id
+        self._next_frame_id += 1
+        self.stats.records += len(records)
+        payload = encode(
+            Batch(
+                job=self.job,
+                run=self.run_id,
+                frame_id=frame_id,
+                dropped=self.stats.dropped,
+                records=records,
+            )
+        )
+        self._frames[frame_id] = _Frame(frame_id, len(records), payload, sticky)
+        self._buffered += len(records)
+        while self._buffered > self.max_buffered:
+            oldest = next((f for f in self._frames.values() if not f.sticky), None)
+            if oldest is None:
+                break
+            del self._frames[oldest.frame_id]
+            self._buffered -= oldest.records
+            self.stats.dropped_buffer += oldest.records
+
+    def _send_frames(self, sock: zmq.Socket[Any]) -> bool:
+        now = time.monotonic()
+        sent = False
+        for frame in self._frames.values():
+            if frame.sent_at is not None and now - frame.sent_at < self.resend_after:
+                continue
+            try:
+                sock.send(frame.payload, zmq.NOBLOCK)
+            except zmq.Again:
+                self.connected = False  # IMMEDIATE: no connected daemon, or its queue is full
+                return sent
+            frame.sent_at = now
+            sent = self.connected = True
+        return sent
+
+    def _read_replies(self, sock: zmq.Socket[Any]) -> None:
+        while True:
+            try:
+                payload = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reply = decode_reply(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self._note("bad_reply", "undecodable reply from the daemon (ignored)")
+                continue
+            frame = self._frames.pop(reply.frame_id, None) if reply.frame_id is not None else None
+            if frame is not None:
+                self._buffered -= frame.records
+            match reply:
+                case Ack():
+                    self.stats.acknowledged += reply.stored + reply.duplicates
+                    self.stats.rejected += reply.rejected
+                    if reply.rejected:
+                        self._note(
+                            reply.reason,
+                            f"daemon refused {reply.rejected} record(s): {reply.reason}",
+                        )
+                case Nack():
+                    self.stats.rejected += frame.records if frame else 0
+                    self._note(
+                        reply.reason, f"daemon refused a frame: {reply.reason} {reply.detail}"
+                    )
+
+    def _note(self, key: str, message: str) -> None:
+        """Log each kind of problem once; the counters keep the rest."""
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning("edgewatch: %s", message)

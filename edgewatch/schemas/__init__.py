@@ -1,0 +1,40 @@
+"""The versioned wire messages shared by the client and the daemon (no torch here)."""
+
+from edgewatch.schemas.codec import decode_batch, decode_reply, encode, json_schema
+from edgewatch.schemas.records import (
+    PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOLS,
+    Ack,
+    AnyRecord,
+    Batch,
+    Event,
+    JobEnd,
+    JobStart,
+    Nack,
+    OptimizerInfo,
+    Record,
+    Reply,
+    Sharpness,
+    Step,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "SUPPORTED_PROTOCOLS",
+    "Ack",
+    "AnyRecord",
+    "Batch",
+    "Event",
+    "JobEnd",
+    "JobStart",
+    "Nack",
+    "OptimizerInfo",
+    "Record",
+    "Reply",
+    "Sharpness",
+    "Step",
+    "decode_batch",
+    "decode_reply",
+    "encode",
+    "json_schema",
+]

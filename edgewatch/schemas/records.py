@@ -1,0 +1,156 @@
+"""Wire records: what a training client tells the daemon, and what the daemon answers.
+
+Every record carries ``protocol`` (the version it was written under), the ``job`` id,
+the client's ``run`` id (random per ``attach``: a job resumed from a checkpoint is a new
+run of the same job) and a per-run sequence number ``seq``. The daemon stores each
+(job, run, seq) once, so a client may resend anything it has no acknowledgement for.
+
+A frame on the socket is one msgpack-encoded :class:`Batch`; the daemon answers each
+frame it could read with an :class:`Ack` (after the commit) or a :class:`Nack`.
+
+Schema evolution (msgspec ``docs/schema-evolution.rst``), binding on every change here:
+
+- a new field gets a default, so that older clients' frames still decode;
+- a field never changes its type and is never removed while a protocol that sent it
+  is still accepted;
+- a new record type, or a change that older daemons would misread, bumps
+  ``PROTOCOL_VERSION``; the daemon rejects versions outside ``SUPPORTED_PROTOCOLS``
+  with the counted reason ``protocol_version``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+SUPPORTED_PROTOCOLS = frozenset({1})
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Fields shared by every record type."""
+
+    protocol: int = PROTOCOL_VERSION
+    job: str
+    run: int
+    seq: int
+
+
+class OptimizerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """The optimizer as the client found it; the daemon derives thresholds from it."""
+
+    kind: str
+    """Class name, e.g. ``"AdamW"``, ``"SGD"``."""
+    lr: float
+    momentum: float | None = None
+    nesterov: bool = False
+    betas: tuple[float, float] | None = None
+    eps: float | None = None
+    weight_decay: float = 0.0
+    param_groups: int = 1
+    params: int = 0
+    """Number of trainable scalars the optimizer updates."""
+
+
+class JobStart(Record, frozen=True, kw_only=True, tag="job_start"):
+    """Sent once per run, first; the daemon refuses other records of an unknown job."""
+
+    wall_time: float
+    optimizer: OptimizerInfo
+    rank: int = 0
+    world_size: int = 1
+    host: str = ""
+    pid: int = 0
+    client_version: str = ""
+    torch_version: str = ""
+    total_steps: int | None = None
+    budget: float = 0.02
+    """Share of training wall time the client may spend on curvature."""
+
+
+class Step(Record, frozen=True, kw_only=True, tag="step"):
+    """One optimizer step. ``loss`` and ``grad_norm`` may be NaN/Inf: that is divergence."""
+
+    step: int
+    wall_time: float
+    lr: float
+    """LR of the first parameter group, in force for this step."""
+    group_lrs: list[float] | None = None
+    """Every group's LR, sent only when the groups differ."""
+    loss: float | None = None
+    grad_norm: float | None = None
+    update_norm: float | None = None
+    loss_scale: float | None = None
+    tokens: int | None = None
+
+
+class Sharpness(Record, frozen=True, kw_only=True, tag="sharpness"):
+    """One estimate of the top Hessian eigenvalue (preconditioned for Adam-type optimizers)."""
+
+    step: int
+    wall_time: float
+    value: float
+    preconditioned: bool = False
+    method: str = "lanczos"
+    matvecs: int = 0
+    residual: float | None = None
+    probe_batch: int | None = None
+    seconds: float = 0.0
+
+
+class Event(Record, frozen=True, kw_only=True, tag="event"):
+    """Something that happened at a step: ``nonfinite_loss``, ``skipped_step``, ..."""
+
+    step: int
+    wall_time: float
+    kind: str
+    detail: str = ""
+
+
+class JobEnd(Record, frozen=True, kw_only=True, tag="job_end"):
+    """The run is over (``finished``, ``failed`` or ``interrupted``)."""
+
+    step: int
+    wall_time: float
+    status: Literal["finished", "failed", "interrupted"] = "finished"
+
+
+AnyRecord: TypeAlias = JobStart | Step | Sharpness | Event | JobEnd
+
+
+class Batch(msgspec.Struct, frozen=True, kw_only=True, tag="batch"):
+    """One frame from one client run: records of a single job, in sequence order."""
+
+    protocol: int = PROTOCOL_VERSION
+    job: str
+    run: int
+    frame_id: int
+    """Client-chosen id the daemon echoes in its Ack/Nack."""
+    dropped: int = 0
+    """Records this run has dropped so far (queue overflow), cumulative."""
+    records: list[AnyRecord]
+
+
+class Ack(msgspec.Struct, frozen=True, kw_only=True, tag="ack"):
+    """The frame's records are committed (``stored`` new, ``duplicates`` seen before)."""
+
+    protocol: int = PROTOCOL_VERSION
+    frame_id: int
+    stored: int
+    duplicates: int = 0
+    rejected: int = 0
+    """Records refused one by one (see ``reason``); the rest of the frame is stored."""
+    reason: str = ""
+
+
+class Nack(msgspec.Struct, frozen=True, kw_only=True, tag="nack"):
+    """The whole frame was refused and will never be stored; resending it is pointless."""
+
+    protocol: int = PROTOCOL_VERSION
+    frame_id: int | None = None
+    reason: str
+    detail: str = ""
+
+
+Reply: TypeAlias = Ack | Nack

@@ -1,0 +1,120 @@
+"""Daemon settings: one frozen dataclass fed by defaults, a TOML file, ``EDGEWATCH_*``
+variables and command-line flags, in that order of precedence (later wins).
+
+Every field maps onto all three sources under the same name: ``commit_interval`` is
+``commit_interval = 0.1`` in the TOML file, ``EDGEWATCH_COMMIT_INTERVAL=0.1`` in the
+environment and ``--commit-interval 0.1`` on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edgewatch.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "EDGEWATCH_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    db: str = "sqlite:///edgewatch.db"
+    """SQLAlchemy URL: ``sqlite:///FILE`` (default, WAL) or ``postgresql+psycopg://user@host/db``."""
+    bind: str = "tcp://127.0.0.1:5555"
+    """ZeroMQ endpoint the ROUTER socket binds to; clients connect here."""
+    http: str = "127.0.0.1:9108"
+    """HOST:PORT of the HTTP server (``/metrics``, ``/healthz``, ``/api/``)."""
+    commit_interval: float = 0.1
+    """Seconds received records may wait before they are committed and acknowledged."""
+    commit_rows: int = 20_000
+    """Commit as soon as this many records are waiting, whatever the interval."""
+    max_frame_bytes: int = 8 * 1024 * 1024
+    """Frames larger than this are rejected (``oversized``)."""
+    job_expiry: float = 3600.0
+    """Seconds after its last record that a job's series leave ``/metrics``."""
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.db or "://" not in self.db:
+            raise ConfigError(
+                f"db={self.db!r} is not a database URL; use sqlite:///edgewatch.db or "
+                "postgresql+psycopg://user@host/dbname"
+            )
+        if "://" not in self.bind:
+            raise ConfigError(
+                f"bind={self.bind!r}: expected a ZeroMQ endpoint like tcp://127.0.0.1:5555"
+            )
+        self.http_address()  # validates
+        for name in ("commit_interval", "job_expiry"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        for name in ("commit_rows", "max_frame_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+    def http_address(self) -> tuple[str, int]:
+        host, sep, port = self.http.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"http={self.http!r}: expected HOST:PORT like 127.0.0.1:9108")
+        return host or "127.0.0.1", int(port)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = type(getattr(Settings, name))
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    try:
+        if kind is int and isinstance(value, str | int | float):
+            return int(value)
+        if kind is float and isinstance(value, str | int | float):
+            return float(value)
+        if kind is str:
+            return str(value)
+    except ValueError:
+        pass
+    raise ConfigError(f"{source}: {name} must be a {kind.__name__}, got {value!r}")
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge defaults < TOML file < environment < overrides (flags) into Settings."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        path = Path(config_file)
+        try:
+            table = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        table = table.get("edgewatch", table)  # both a bare file and an [edgewatch] table
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in FIELDS:
+                raise ConfigError(f"{path}: unknown setting {key!r}; known: {', '.join(FIELDS)}")
+            values[name] = _coerce(name, value, str(path))
+    for name in FIELDS:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(name, raw, ENV_PREFIX + name.upper())
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+    return Settings(**values)

@@ -1,0 +1,108 @@
+"""The daemon: store, job table, ingest loop and HTTP server wired together.
+
+``Daemon(settings).start()`` runs everything on background threads (tests and embedders
+use that); ``serve(settings)`` is what ``edgewatch serve`` runs: start, then wait for
+SIGTERM or SIGINT, stop accepting, commit what was received, exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import zmq
+
+from edgewatch.server.config import Settings
+from edgewatch.server.http import ApiContext, make_http_server, serve_in_thread
+from edgewatch.server.ingest import DaemonCounters, Ingest
+from edgewatch.server.metrics import make_registry
+from edgewatch.server.state import JobTable
+from edgewatch.server.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def _is_loopback(endpoint: str) -> bool:
+    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return endpoint.startswith(("ipc://", "inproc://")) or host in ("127.0.0.1", "localhost", "::1")
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings.db)
+        self.jobs = JobTable()
+        self.jobs.load(self.store.jobs())
+        self.counters = DaemonCounters()
+        self.registry = make_registry(self.jobs, self.counters, settings.job_expiry)
+        self.context: zmq.Context[Any] = zmq.Context()
+        self.ingest = Ingest(settings, self.store, self.jobs, self.counters, self.context)
+        host, port = settings.http_address()
+        self.http = make_http_server(host, port, ApiContext(self.store, self.jobs, self.registry))
+        self._stop = threading.Event()
+        self._ingest_thread = threading.Thread(
+            target=self.ingest.run, args=(self._stop,), name="edgewatch-ingest", daemon=True
+        )
+
+    @property
+    def endpoint(self) -> str:
+        """The ZeroMQ endpoint actually bound (``tcp://127.0.0.1:*`` picks a free port)."""
+        return self.ingest.endpoint
+
+    @property
+    def http_url(self) -> str:
+        host, port = self.http.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> Daemon:
+        self._ingest_thread.start()
+        serve_in_thread(self.http)
+        self.ingest.ready.wait(5)
+        where = "" if _is_loopback(self.endpoint) else " (reachable from other hosts; CURVE is off)"
+        log.info(
+            "edgewatch daemon: ZeroMQ %s%s, HTTP %s, database %s",
+            self.endpoint,
+            where,
+            self.http_url,
+            self.store.engine.url.render_as_string(),
+        )
+        return self
+
+    def stop(self, timeout: float = 8.0) -> None:
+        """Stop accepting, commit and acknowledge what was received, release everything."""
+        self._stop.set()
+        if self._ingest_thread.is_alive():
+            self._ingest_thread.join(timeout)
+        self.http.shutdown()
+        self.http.server_close()
+        self.context.term()
+        self.store.close()
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit status."""
+    daemon = Daemon(settings).start()
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: stopping (committing what was received)", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopping.wait(1.0):
+        pass
+    started = time.monotonic()
+    daemon.stop()
+    log.info("stopped in %.2fs", time.monotonic() - started)
+    return 0

@@ -1,0 +1,365 @@
+"""The ingest loop: ZeroMQ ROUTER in, batched commits, acknowledgements out.
+
+One thread owns the ROUTER socket (ZeroMQ sockets are not thread-safe) and the write
+path, so the order is simple and the acknowledgement rule is easy to check:
+
+    receive frames --> check and convert --> pending
+    every ``commit_interval`` seconds, or at ``commit_rows`` pending records:
+        one transaction --> commit --> Ack every frame in it --> update JobTable
+
+An Ack is sent only for frames whose transaction committed; a frame whose commit
+failed is not acknowledged, and the client sends it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import zmq
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+from edgewatch.errors import FrameRejected
+from edgewatch.schemas import (
+    Ack,
+    Batch,
+    Event,
+    JobEnd,
+    JobStart,
+    Nack,
+    Sharpness,
+    Step,
+    decode_batch,
+    encode,
+)
+from edgewatch.server import rows
+from edgewatch.server.config import Settings
+from edgewatch.server.state import JobState, JobTable
+from edgewatch.server.store import FrameWrite, JobProgress, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class DaemonCounters:
+    """Daemon-wide counters exported on /metrics."""
+
+    records_ingested: int = 0
+    rejected: Counter[str] = dataclasses.field(default_factory=Counter)
+    ingest_lag_seconds: float = 0.0
+    commits: int = 0
+
+
+@dataclasses.dataclass
+class _PendingFrame:
+    identity: bytes
+    frame_id: int
+    write: FrameWrite
+    rejected: int
+    reason: str
+    oldest_wall_time: float
+
+
+@dataclasses.dataclass
+class _JobUpdate:
+    """The newest values a commit brings for one job, applied to JobState after it."""
+
+    last_seen: float = 0.0
+    dropped: int = 0
+    step: Step | None = None
+    sharpness: Sharpness | None = None
+    end: JobEnd | None = None
+
+
+class _RateLimitedLog:
+    """One log line per reason per minute: hostile traffic must not flood the log."""
+
+    def __init__(self, period: float = 60.0) -> None:
+        self.period = period
+        self.last: dict[str, float] = {}
+
+    def warning(self, reason: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self.last.get(reason, -self.period) >= self.period:
+            self.last[reason] = now
+            log.warning(
+                message + " (further '%s' rejections are counted, logged once a minute)",
+                *args,
+                reason,
+            )
+
+
+class Ingest:
+    """Owns the ROUTER socket; ``run()`` until ``stop`` is set, then drains and commits."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        jobs: JobTable,
+        counters: DaemonCounters,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.jobs = jobs
+        self.counters = counters
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        # Twice the frame limit: frames in between are read, then rejected and counted
+        # as oversized; beyond it ZeroMQ drops the peer before the bytes reach memory.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, 2 * settings.max_frame_bytes)
+        self.socket.setsockopt(zmq.RCVHWM, 10_000)
+        self.socket.bind(settings.bind)
+        self.endpoint: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._pending: list[_PendingFrame] = []
+        self._pending_rows = 0
+        self._updates: dict[int, _JobUpdate] = {}
+        self._deadline: float | None = None
+        self._log = _RateLimitedLog()
+        self.ready = threading.Event()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        self.ready.set()
+        try:
+            while not stop.is_set():
+                try:
+                    self._iteration(poller)
+                except (
+                    Exception
+                ):  # a bug costs the frames in flight (unacked: resent), never the daemon
+                    log.exception(
+                        "ingest error; unacknowledged frames will be resent by their clients"
+                    )
+                    self._pending, self._updates, self._pending_rows, self._deadline = (
+                        [],
+                        {},
+                        0,
+                        None,
+                    )
+        finally:
+            self._shutdown()
+
+    def _iteration(self, poller: zmq.Poller) -> None:
+        timeout = 100.0
+        if self._deadline is not None:
+            timeout = max(0.0, min(timeout, (self._deadline - time.monotonic()) * 1000))
+        if poller.poll(int(timeout)):
+            self._drain(max_frames=1000)
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self.commit()
+
+    def _drain(self, max_frames: int) -> int:
+        received = 0
+        while received < max_frames:
+            try:
+                parts = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            received += 1
+            self.receive(parts)
+            if self._pending_rows >= self.settings.commit_rows:
+                self.commit()
+        return received
+
+    def _shutdown(self) -> None:
+        """Stop accepting, commit what was received, acknowledge it, close."""
+        with contextlib.suppress(zmq.ZMQError):
+            self.socket.unbind(self.endpoint)
+        try:
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and self._drain(max_frames=1000):
+                pass
+            self.commit()
+        finally:
+            self.socket.close(linger=1000)
+
+    # -- one frame --------------------------------------------------------------------
+
+    def receive(self, parts: list[bytes]) -> None:
+        identity = parts[0]
+        if len(parts) != 2:
+            self._reject(identity, None, FrameRejected("malformed", f"{len(parts) - 1} parts"))
+            return
+        try:
+            batch = decode_batch(parts[1], self.settings.max_frame_bytes)
+        except FrameRejected as exc:
+            self._reject(identity, None, exc)
+            return
+        problem = rows.check_batch(batch)
+        if problem is not None:
+            self._reject(identity, batch.frame_id, FrameRejected(*problem))
+            return
+        try:
+            self._accept(identity, batch)
+        except (OperationalError, DBAPIError) as exc:
+            # Only a job start writes here (see _accept); the frame stays unacknowledged
+            # and the client sends it again once the database answers.
+            log.error("database error while registering job %r: %s", batch.job, exc)
+
+    def _reject(self, identity: bytes, frame_id: int | None, exc: FrameRejected) -> None:
+        self.counters.rejected[exc.reason] += 1
+        self._log.warning(exc.reason, "rejected frame: %s", exc)
+        self._send(identity, Nack(frame_id=frame_id, reason=exc.reason, detail=exc.detail[:200]))
+
+    def _accept(self, identity: bytes, batch: Batch) -> None:
+        state = self.jobs.get(batch.job)
+        write = FrameWrite(job_pk=state.pk if state else -1)
+        rejected: Counter[str] = Counter()
+        update: _JobUpdate | None = None
+        oldest = time.time()
+        for record in batch.records:
+            reason = rows.check_record(record, batch)
+            if reason is None and state is None and not isinstance(record, JobStart):
+                reason = "unknown_job"  # a client must send its JobStart first
+            if reason is not None:
+                rejected[reason] += 1
+                continue
+            if isinstance(record, JobStart):
+                state = self._start_job(record)
+                write.job_pk = state.pk
+                continue
+            assert state is not None
+            update = self._updates.setdefault(state.pk, _JobUpdate())
+            update.last_seen = max(update.last_seen, record.wall_time)
+            oldest = min(oldest, record.wall_time)
+            match record:
+                case Step():
+                    write.steps.append(rows.step_row(state.pk, record))
+                    update.step = record
+                case Sharpness():
+                    write.sharpness.append(rows.sharpness_row(state.pk, record))
+                    update.sharpness = record
+                case Event():
+                    write.events.append(rows.event_row(state.pk, record))
+                case JobEnd():
+                    write.end = update.end = record
+        if update is not None:
+            update.dropped = max(update.dropped, batch.dropped)
+        for reason, n in rejected.items():
+            self.counters.rejected[reason] += n
+            self._log.warning(reason, "rejected %d record(s) of job %r: %s", n, batch.job, reason)
+        self._pending.append(
+            _PendingFrame(
+                identity,
+                batch.frame_id,
+                write,
+                sum(rejected.values()),
+                ",".join(sorted(rejected)),
+                oldest,
+            )
+        )
+        self._pending_rows += write.rows
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.settings.commit_interval
+
+    def _start_job(self, start: JobStart) -> JobState:
+        current = self.jobs.get(start.job)
+        if current is not None and current.run == start.run and current.status == "running":
+            return current  # a resent JobStart
+        row = self.store.upsert_job(start)
+        state = JobState.from_row(row, time.time())
+        state.records = row["records"]
+        self.jobs.put(state)
+        log.info("job %r started run %d (%s)", start.job, start.run, start.optimizer.kind)
+        return state
+
+    # -- commit -----------------------------------------------------------------------
+
+    def commit(self) -> None:
+        pending, updates = self._pending, self._updates
+        self._pending, self._updates, self._pending_rows, self._deadline = [], {}, 0, None
+        if not pending:
+            return
+        progress = [
+            JobProgress(
+                job_pk=pk,
+                last_seen=u.last_seen,
+                last_step=u.step.step if u.step else None,
+                last_loss=u.step.loss if u.step else None,
+                dropped=u.dropped,
+            )
+            for pk, u in updates.items()
+        ]
+        frames = [p.write for p in pending]
+        try:
+            self.store.write(frames, progress)
+        except OperationalError as exc:
+            # The database is away: nothing is acknowledged, the clients resend.
+            log.error("commit failed, %d frames left unacknowledged: %s", len(frames), exc.orig)
+            return
+        except SQLAlchemyError as exc:
+            log.error("commit of %d frames failed (%s); retrying frame by frame", len(frames), exc)
+            pending = self._commit_one_by_one(pending)
+            if not pending:
+                return
+        now = time.time()
+        stored = sum(p.write.stored for p in pending)
+        self.counters.records_ingested += stored
+        self.counters.commits += 1
+        self.counters.ingest_lag_seconds = max(0.0, now - min(p.oldest_wall_time for p in pending))
+        self._apply(updates, pending, now)
+        for p in pending:
+            written = p.write.rows
+            self._send(
+                p.identity,
+                Ack(
+                    frame_id=p.frame_id,
+                    stored=p.write.stored,
+                    duplicates=written - p.write.stored,
+                    rejected=p.rejected,
+                    reason=p.reason,
+                ),
+            )
+
+    def _commit_one_by_one(self, pending: list[_PendingFrame]) -> list[_PendingFrame]:
+        """Isolate the frame a transaction could not take; the others still commit."""
+        committed = []
+        for p in pending:
+            try:
+                self.store.write([p.write], [])
+            except SQLAlchemyError as exc:
+                self._reject(p.identity, p.frame_id, FrameRejected("store_error", str(exc)[:200]))
+            else:
+                committed.append(p)
+        return committed
+
+    def _apply(
+        self, updates: dict[int, _JobUpdate], pending: list[_PendingFrame], now: float
+    ) -> None:
+        stored_by_job: Counter[int] = Counter()
+        for p in pending:
+            stored_by_job[p.write.job_pk] += p.write.stored
+        by_pk = {s.pk: s for s in self.jobs.snapshot()}
+        for pk, u in updates.items():
+            state = by_pk.get(pk)
+            if state is None:
+                continue
+            state.records += stored_by_job[pk]
+            state.received_at = now
+            state.last_seen = max(state.last_seen, u.last_seen)
+            state.dropped = max(state.dropped, u.dropped)
+            if u.step is not None:
+                state.last_step, state.lr = u.step.step, u.step.lr
+                state.loss, state.grad_norm = u.step.loss, u.step.grad_norm
+            if u.sharpness is not None:
+                state.sharpness, state.sharpness_step = u.sharpness.value, u.sharpness.step
+                state.preconditioned = u.sharpness.preconditioned
+            if u.end is not None:
+                state.status, state.ended_at = u.end.status, u.end.wall_time
+            self.jobs.put(state)
+
+    def _send(self, identity: bytes, message: Ack | Nack) -> None:
+        # A client gone or not reading misses its Ack; it resends and gets a duplicate Ack.
+        with contextlib.suppress(zmq.ZMQError):
+            self.socket.send_multipart([identity, encode(message)], zmq.NOBLOCK)

@@ -1,0 +1,127 @@
+"""Prometheus export: one custom Collector over the daemon's state, built at scrape time.
+
+Building the families fresh at each scrape (prometheus client_python's custom
+collectors; Prometheus "Writing exporters") means a job whose last record is older
+than ``job_expiry`` simply is not emitted, so finished and silent jobs leave
+``/metrics`` without any unregister bookkeeping. Metric names are fixed by DESIGN.md:
+alert rules and dashboards use them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from edgewatch.server.ingest import DaemonCounters
+from edgewatch.server.state import JobState, JobTable
+
+REJECT_REASONS = (
+    "oversized",
+    "malformed",
+    "invalid",
+    "protocol_version",
+    "bad_job_id",
+    "too_many_records",
+    "job_mismatch",
+    "invalid_value",
+    "unknown_job",
+    "store_error",
+)
+"""Reasons always exported (at 0 until seen), so that rate() works from the first scrape."""
+
+
+class EdgewatchCollector(Collector):
+    def __init__(self, jobs: JobTable, counters: DaemonCounters, job_expiry: float) -> None:
+        self.jobs = jobs
+        self.counters = counters
+        self.job_expiry = job_expiry
+
+    def live_jobs(self) -> list[JobState]:
+        cutoff = time.time() - self.job_expiry
+        return [s for s in self.jobs.snapshot() if s.received_at >= cutoff]
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = self.live_jobs()
+        yield from self._per_job(jobs)
+        yield from self._daemon(jobs)
+
+    def _per_job(self, jobs: list[JobState]) -> Iterator[Metric]:
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=["job_id"])
+
+        step = gauge("edgewatch_step", "Last optimizer step received from the job.")
+        lr = gauge("edgewatch_learning_rate", "Learning rate in force at the last step.")
+        loss = gauge("edgewatch_loss", "Training loss at the last step (NaN when non-finite).")
+        grad = gauge("edgewatch_grad_norm", "Global gradient norm at the last step.")
+        sharp = gauge("edgewatch_sharpness", "Last sharpness estimate (preconditioned for Adam).")
+        thr = gauge(
+            "edgewatch_stability_threshold",
+            "Sharpness above which the optimizer is unstable at the current LR.",
+        )
+        ratio = gauge("edgewatch_stability_ratio", "Sharpness divided by the stability threshold.")
+        seen = gauge(
+            "edgewatch_last_record_timestamp_seconds", "Client wall time of the newest record."
+        )
+        for s in jobs:
+            label = [s.job_id]
+            seen.add_metric(label, s.last_seen)
+            if s.last_step is not None:
+                step.add_metric(label, s.last_step)
+            if s.lr is not None:
+                lr.add_metric(label, s.lr)
+            if s.loss is not None:
+                loss.add_metric(label, s.loss)
+            if s.grad_norm is not None:
+                grad.add_metric(label, s.grad_norm)
+            if s.sharpness is not None:
+                sharp.add_metric(label, s.sharpness)
+            threshold, r = s.threshold, s.stability_ratio
+            if threshold is not None:
+                thr.add_metric(label, threshold)
+            if r is not None:
+                ratio.add_metric(label, r)
+        yield from (step, lr, loss, grad, sharp, thr, ratio, seen)
+
+    def _daemon(self, jobs: list[JobState]) -> Iterator[Metric]:
+        c = self.counters
+        ingested = CounterMetricFamily(
+            "edgewatch_records_ingested", "Records committed to the database (duplicates excluded)."
+        )
+        ingested.add_metric([], c.records_ingested)
+        yield ingested
+        rejected = CounterMetricFamily(
+            "edgewatch_messages_rejected",
+            "Frames or records refused, by reason.",
+            labels=["reason"],
+        )
+        for reason in sorted(set(REJECT_REASONS) | set(c.rejected)):
+            rejected.add_metric([reason], c.rejected.get(reason, 0))
+        yield rejected
+        dropped = CounterMetricFamily(
+            "edgewatch_client_records_dropped",
+            "Records a client dropped before sending (its queue was full), as it reported.",
+            labels=["job_id"],
+        )
+        for s in jobs:
+            dropped.add_metric([s.job_id], s.dropped)
+        yield dropped
+        lag = GaugeMetricFamily(
+            "edgewatch_ingest_lag_seconds",
+            "At the last commit: its time minus the oldest committed record's client wall time.",
+        )
+        lag.add_metric([], c.ingest_lag_seconds)
+        yield lag
+        count = GaugeMetricFamily("edgewatch_jobs", "Jobs shown on /metrics (not yet expired).")
+        count.add_metric([], len(jobs))
+        yield count
+
+
+def make_registry(jobs: JobTable, counters: DaemonCounters, job_expiry: float) -> CollectorRegistry:
+    """The daemon's own registry (not the global one): tests and embedders get a clean one."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EdgewatchCollector(jobs, counters, job_expiry))
+    return registry

@@ -1,0 +1,137 @@
+"""Per-job state the daemon keeps in memory: what ``/metrics`` and ``/api/jobs`` show.
+
+The ingest thread writes it after each commit; HTTP threads read snapshots. On start
+the daemon rebuilds it from the jobs table, so a restart shows every job at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from typing import Any
+
+from edgewatch.monitor.thresholds import threshold_for
+
+
+@dataclasses.dataclass
+class JobState:
+    pk: int
+    job_id: str
+    run: int
+    status: str
+    optimizer: dict[str, Any]
+    started_at: float
+    last_seen: float
+    """Wall time (client clock) of the newest committed record."""
+    received_at: float
+    """Daemon clock when the newest record arrived; drives expiry from /metrics."""
+    world_size: int = 1
+    host: str = ""
+    total_steps: int | None = None
+    ended_at: float | None = None
+    records: int = 0
+    dropped: int = 0
+    last_step: int | None = None
+    lr: float | None = None
+    loss: float | None = None
+    grad_norm: float | None = None
+    sharpness: float | None = None
+    sharpness_step: int | None = None
+    preconditioned: bool = False
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], now: float) -> JobState:
+        return cls(
+            pk=row["pk"],
+            job_id=row["job_id"],
+            run=row["run"],
+            status=row["status"],
+            optimizer=dict(row["optimizer"] or {}),
+            started_at=row["started_at"],
+            last_seen=row["last_seen"],
+            received_at=now,
+            world_size=row["world_size"],
+            host=row["host"],
+            total_steps=row["total_steps"],
+            ended_at=row["ended_at"],
+            records=row["records"],
+            dropped=row["dropped"],
+            last_step=row["last_step"],
+            loss=row["last_loss"],
+        )
+
+    @property
+    def threshold(self) -> float | None:
+        """Stability threshold at the LR in force (None before the first step)."""
+        if self.lr is None:
+            return None
+        return threshold_for(self.optimizer, self.lr)
+
+    @property
+    def stability_ratio(self) -> float | None:
+        threshold = self.threshold
+        if self.sharpness is None or threshold is None or not math.isfinite(threshold):
+            return None
+        return self.sharpness / threshold
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "run": self.run,
+            "last_step": self.last_step,
+            "records": self.records,
+            "dropped": self.dropped,
+            "last_seen": self.last_seen,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "host": self.host,
+            "world_size": self.world_size,
+            "total_steps": self.total_steps,
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "loss": self.loss,
+            "grad_norm": self.grad_norm,
+            "sharpness": self.sharpness,
+            "sharpness_step": self.sharpness_step,
+            "preconditioned": self.preconditioned,
+            "stability_threshold": self.threshold,
+            "stability_ratio": self.stability_ratio,
+        }
+
+
+class JobTable:
+    """The daemon's jobs by id, safe to read from HTTP threads while ingest writes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, JobState] = {}
+
+    def load(self, rows: list[dict[str, Any]]) -> None:
+        now = time.time()
+        with self._lock:
+            for row in rows:
+                self._jobs[row["job_id"]] = JobState.from_row(row, now)
+
+    def get(self, job_id: str) -> JobState | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def put(self, state: JobState) -> None:
+        with self._lock:
+            self._jobs[state.job_id] = state
+
+    def snapshot(self) -> list[JobState]:
+        """Copies, so that a reader never sees a half-applied commit."""
+        with self._lock:
+            return [dataclasses.replace(s) for s in self._jobs.values()]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
+    def locked(self) -> threading.Lock:
+        """The lock the ingest thread holds while it applies one commit."""
+        return self._lock

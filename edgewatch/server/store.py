@@ -1,0 +1,203 @@
+"""Storage through SQLAlchemy 2: SQLite by default, PostgreSQL through the same code.
+
+Writes come in one transaction per commit interval (see ``ingest.py``): the daemon
+acknowledges a frame only after the transaction holding it has committed, so an
+acknowledged record survives a daemon killed right after. On SQLite the database runs
+in WAL mode with ``synchronous=NORMAL``: a commit survives the death of the process
+(the case the daemon guards against); only a power cut may lose the last commits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from edgewatch.errors import ConfigError
+from edgewatch.schemas import JobEnd, JobStart
+from edgewatch.server.bulk import BulkInsert
+from edgewatch.server.tables import INSERT_COLUMNS, Base, JobRow, StepRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FrameWrite:
+    """The rows of one accepted frame, as tuples in ``INSERT_COLUMNS`` order."""
+
+    job_pk: int
+    steps: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
+    sharpness: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
+    events: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
+    end: JobEnd | None = None
+    stored: int = 0  # filled in by Store.write
+
+    @property
+    def rows(self) -> int:
+        return len(self.steps) + len(self.sharpness) + len(self.events)
+
+
+@dataclasses.dataclass
+class JobProgress:
+    """What a commit changes on a job's row."""
+
+    job_pk: int
+    last_seen: float
+    last_step: int | None
+    last_loss: float | None
+    dropped: int
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine, with a clear error for URLs SQLAlchemy cannot use."""
+    try:
+        engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ConfigError(
+            f"cannot use database URL {url!r}: {exc}. Use sqlite:///edgewatch.db or "
+            "postgresql+psycopg://user@host/dbname"
+        ) from exc
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    elif engine.dialect.name != "postgresql":
+        raise ConfigError(
+            f"database {engine.dialect.name!r} is not supported; use SQLite or PostgreSQL"
+        )
+    return engine
+
+
+class Store:
+    """Every read and write of the daemon's database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as exc:
+            raise ConfigError(f"cannot open database {self.engine.url!r}: {exc.orig}") from exc
+        # ON CONFLICT DO NOTHING makes a resent record a no-op (see bulk.py).
+        self._insert = {
+            name: BulkInsert(Base.metadata.tables[name], columns, self.engine.dialect)
+            for name, columns in INSERT_COLUMNS.items()
+        }
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writes -----------------------------------------------------------------------
+
+    def upsert_job(self, start: JobStart) -> dict[str, Any]:
+        """Create the job, or start a new run of it; returns the job row as a dict."""
+        values = {
+            "status": "running",
+            "run": start.run,
+            "optimizer": msgspec.to_builtins(start.optimizer),
+            "rank": start.rank,
+            "world_size": start.world_size,
+            "host": start.host,
+            "client_version": start.client_version,
+            "torch_version": start.torch_version,
+            "total_steps": start.total_steps,
+            "budget": start.budget,
+            "started_at": start.wall_time,
+            "ended_at": None,
+            "last_seen": start.wall_time,
+        }
+        with self.engine.begin() as conn:
+            pk = conn.scalar(select(JobRow.pk).where(JobRow.job_id == start.job))
+            if pk is None:
+                pk = conn.scalar(
+                    JobRow.__table__.insert()  # type: ignore[attr-defined]
+                    .values(job_id=start.job, records=0, dropped=0, **values)
+                    .returning(JobRow.pk)
+                )
+            else:
+                conn.execute(update(JobRow).where(JobRow.pk == pk).values(**values))
+            row = conn.execute(select(JobRow.__table__).where(JobRow.pk == pk)).one()
+        return dict(row._mapping)
+
+    def write(self, frames: Sequence[FrameWrite], progress: Iterable[JobProgress]) -> None:
+        """Insert the frames' rows and update the jobs, all in one transaction.
+
+        Sets ``frame.stored`` to the number of rows that were new (the rest were
+        duplicates of rows stored before).
+        """
+        with self.engine.begin() as conn:
+            stored_by_job: dict[int, int] = {}
+            for frame in frames:
+                frame.stored = 0
+                for name, insert in self._insert.items():
+                    frame.stored += insert(conn, getattr(frame, name))
+                stored_by_job[frame.job_pk] = stored_by_job.get(frame.job_pk, 0) + frame.stored
+                if frame.end is not None:
+                    conn.execute(
+                        update(JobRow)
+                        .where(JobRow.pk == frame.job_pk)
+                        .values(status=frame.end.status, ended_at=frame.end.wall_time)
+                    )
+            for p in progress:
+                conn.execute(
+                    update(JobRow)
+                    .where(JobRow.pk == p.job_pk)
+                    .values(
+                        records=JobRow.records + stored_by_job.get(p.job_pk, 0),
+                        last_seen=func.max(JobRow.last_seen, p.last_seen)
+                        if self.engine.dialect.name == "sqlite"
+                        else func.greatest(JobRow.last_seen, p.last_seen),
+                        last_step=p.last_step if p.last_step is not None else JobRow.last_step,
+                        last_loss=p.last_loss if p.last_step is not None else JobRow.last_loss,
+                        dropped=p.dropped,
+                    )
+                )
+
+    # -- reads ------------------------------------------------------------------------
+
+    def jobs(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(JobRow.__table__).order_by(JobRow.pk)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def steps(
+        self, job_pk: int, start: int | None = None, end: int | None = None, limit: int = 10_000
+    ) -> list[dict[str, Any]]:
+        """Step records of a job with ``start <= step <= end``, in step order."""
+        t = StepRow.__table__
+        query = select(t).where(t.c.job_pk == job_pk)
+        if start is not None:
+            query = query.where(t.c.step >= start)
+        if end is not None:
+            query = query.where(t.c.step <= end)
+        query = query.order_by(t.c.step, t.c.run, t.c.seq).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def count(self, table: str, job_pk: int | None = None) -> int:
+        t = Base.metadata.tables[table]
+        query = select(func.count()).select_from(t)
+        if job_pk is not None:
+            query = query.where(t.c.job_pk == job_pk)
+        with self.engine.connect() as conn:
+            return int(conn.scalar(query) or 0)
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.scalar(select(1))
+            return True
+        except Exception:
+            return False

@@ -1,0 +1,114 @@
+"""The database schema (SQLAlchemy 2.0 declarative), one code path for SQLite and PostgreSQL.
+
+Record tables are keyed by (job, run, seq): the client's delivery key, so that a
+resent record is a conflict the insert ignores, never a second row. On SQLite they
+are WITHOUT ROWID tables, so that key is the only B-tree an insert has to update.
+
+The schema is created with ``create_all``; Alembic migrations come with the first
+change to a released schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON as _JSON
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_ID_MAX = 200
+
+# A Python None is SQL NULL, not the JSON text 'null'.
+JSON = _JSON(none_as_null=True)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(JOB_ID_MAX), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    run: Mapped[int] = mapped_column(BigInteger)
+    optimizer: Mapped[dict[str, Any]] = mapped_column(JSON)
+    rank: Mapped[int] = mapped_column(Integer, default=0)
+    world_size: Mapped[int] = mapped_column(Integer, default=1)
+    host: Mapped[str] = mapped_column(String(255), default="")
+    client_version: Mapped[str] = mapped_column(String(64), default="")
+    torch_version: Mapped[str] = mapped_column(String(64), default="")
+    total_steps: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    budget: Mapped[float] = mapped_column(Float, default=0.02)
+    started_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_seen: Mapped[float] = mapped_column(Float)
+    last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    records: Mapped[int] = mapped_column(BigInteger, default=0)
+    dropped: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class _RecordKey:
+    """(job, run, seq): the delivery key shared by every record table."""
+
+    job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.pk"), primary_key=True)
+    run: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger)
+    wall_time: Mapped[float] = mapped_column(Float)
+
+
+_WITHOUT_ROWID = {"sqlite_with_rowid": False}
+
+
+class StepRow(_RecordKey, Base):
+    __tablename__ = "steps"
+    __table_args__ = _WITHOUT_ROWID
+
+    lr: Mapped[float] = mapped_column(Float)
+    group_lrs: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
+    # SQLite stores NaN as NULL: a NULL loss next to a nonfinite_loss event is a NaN.
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    grad_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    update_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    loss_scale: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class SharpnessRow(_RecordKey, Base):
+    __tablename__ = "sharpness"
+    __table_args__ = _WITHOUT_ROWID
+
+    value: Mapped[float] = mapped_column(Float)
+    preconditioned: Mapped[bool] = mapped_column(Boolean, default=False)
+    method: Mapped[str] = mapped_column(String(32))
+    matvecs: Mapped[int] = mapped_column(Integer, default=0)
+    residual: Mapped[float | None] = mapped_column(Float, nullable=True)
+    probe_batch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class EventRow(_RecordKey, Base):
+    __tablename__ = "events"
+    __table_args__ = _WITHOUT_ROWID
+
+    kind: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+# The column order of the tuples the ingest path builds for the bulk inserts
+# (``server/rows.py``); JSON columns travel as already-encoded text.
+KEY_COLUMNS = ("job_pk", "run", "seq", "step", "wall_time")
+INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "steps": (
+        *KEY_COLUMNS,
+        *("lr", "group_lrs", "loss", "grad_norm", "update_norm", "loss_scale", "tokens"),
+    ),
+    "sharpness": (
+        *KEY_COLUMNS,
+        *("value", "preconditioned", "method", "matvecs", "residual", "probe_batch", "seconds"),
+    ),
+    "events": (*KEY_COLUMNS, "kind", "detail"),
+}
