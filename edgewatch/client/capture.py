@@ -21,16 +21,24 @@ def trainable_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def global_grad_norm(params: list[torch.Tensor]) -> torch.Tensor | None:
-    """‖g‖₂ over every parameter's gradient, as a float32 0-d tensor on the first device."""
+def single_group(params: list[torch.Tensor]) -> bool:
+    """Whether all parameters share one device and dtype (checked once, at attach)."""
+    return len({(p.device, p.dtype) for p in params}) <= 1
+
+
+def global_grad_norm(params: list[torch.Tensor], one_group: bool) -> torch.Tensor | None:
+    """‖g‖₂ over every parameter's gradient, as a float32 0-d tensor on the first device.
+
+    ``one_group``: all parameters on one device with one dtype, so a single fused
+    kernel takes every gradient (the common case; see ``single_group``).
+    """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
-    first = grads[0]
-    if all(g.device == first.device and g.dtype == first.dtype for g in grads):
+    if one_group:
         norms = list(torch._foreach_norm(grads, 2, dtype=torch.float32))
     else:
-        norms = _grouped_norms(grads, first.device)
+        norms = _grouped_norms(grads, grads[0].device)
     total: torch.Tensor = torch.linalg.vector_norm(torch.stack(norms))
     return total
 

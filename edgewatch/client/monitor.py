@@ -25,9 +25,10 @@ from edgewatch.client.capture import (
     describe_optimizer,
     global_grad_norm,
     process_identity,
+    single_group,
     trainable_params,
 )
-from edgewatch.client.readback import pack
+from edgewatch.client.readback import host_value, pack
 from edgewatch.client.sender import RecordItem, Sender, StepChunk
 from edgewatch.schemas import Event, JobEnd
 
@@ -75,6 +76,7 @@ class Monitor:
         self._lrs: list[float] | None = None
         self._grad_norm: torch.Tensor | None = None
         self._params = trainable_params(optimizer)
+        self._one_group = single_group(self._params)
         identity = process_identity()
         # Under torchrun every rank runs this line; by default rank 0 alone reports.
         self.enabled = all_ranks or identity["rank"] == 0
@@ -106,7 +108,7 @@ class Monitor:
             return
         try:
             self._lrs = [float(group["lr"]) for group in optimizer.param_groups]
-            self._grad_norm = global_grad_norm(self._params)
+            self._grad_norm = global_grad_norm(self._params, self._one_group)
         except Exception as exc:
             self._fail("hook", exc)
 
@@ -121,8 +123,8 @@ class Monitor:
             if lrs is None:  # optimizer.step() was not called (a skipped AMP step, say)
                 lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
             self._rows.append((number, time.time(), lrs))
-            self._values.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
-            self._values.append(self._grad_norm)
+            self._values.append(host_value(loss))
+            self._values.append(host_value(self._grad_norm))
             self._lrs = self._grad_norm = None
             if len(self._rows) >= CHUNK_STEPS or time.monotonic() - self._last_ship > CHUNK_SECONDS:
                 self._ship()

@@ -1,11 +1,11 @@
 """The ingest loop: ZeroMQ ROUTER in, batched commits, acknowledgements out.
 
-One thread owns the ROUTER socket (ZeroMQ sockets are not thread-safe) and the write
-path, so the order is simple and the acknowledgement rule is easy to check:
+One thread owns the ROUTER socket (ZeroMQ sockets are not thread-safe) and the commits
+(``writer.py`` says why no second thread), so the order is simple:
 
     receive frames --> check and convert --> pending
     every ``commit_interval`` seconds, or at ``commit_rows`` pending records:
-        one transaction --> commit --> Ack every frame in it --> update JobTable
+        one transaction --> Ack every frame it committed --> update JobTable
 
 An Ack is sent only for frames whose transaction committed; a frame whose commit
 failed is not acknowledged, and the client sends it again.
@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any
 
 import zmq
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from edgewatch.errors import FrameRejected
 from edgewatch.schemas import (
@@ -37,10 +37,11 @@ from edgewatch.schemas import (
     decode_batch,
     encode,
 )
-from edgewatch.server import rows
+from edgewatch.server import rows, writer
 from edgewatch.server.config import Settings
 from edgewatch.server.state import JobState, JobTable
 from edgewatch.server.store import FrameWrite, JobProgress, Store
+from edgewatch.server.writer import CommitBatch
 
 log = logging.getLogger(__name__)
 
@@ -135,18 +136,10 @@ class Ingest:
             while not stop.is_set():
                 try:
                     self._iteration(poller)
-                except (
-                    Exception
-                ):  # a bug costs the frames in flight (unacked: resent), never the daemon
-                    log.exception(
-                        "ingest error; unacknowledged frames will be resent by their clients"
-                    )
-                    self._pending, self._updates, self._pending_rows, self._deadline = (
-                        [],
-                        {},
-                        0,
-                        None,
-                    )
+                except Exception:  # a bug costs the frames in flight (resent), never the daemon
+                    log.exception("ingest error; unacknowledged frames will be resent")
+                    self._pending, self._updates, self._pending_rows = [], {}, 0
+                    self._deadline = None
         finally:
             self._shutdown()
 
@@ -213,42 +206,55 @@ class Ingest:
         self._send(identity, Nack(frame_id=frame_id, reason=exc.reason, detail=exc.detail[:200]))
 
     def _accept(self, identity: bytes, batch: Batch) -> None:
-        state = self.jobs.get(batch.job)
-        write = FrameWrite(job_pk=state.pk if state else -1)
+        job, run = batch.job, batch.run
+        state = self.jobs.get(job)
+        pk = state.pk if state else -1
+        write = FrameWrite(job_pk=pk)
+        steps = write.steps
         rejected: Counter[str] = Counter()
-        update: _JobUpdate | None = None
-        oldest = time.time()
+        last_step: Step | None = None
+        last_sharpness: Sharpness | None = None
+        first_wall = last_wall = None
         for record in batch.records:
-            reason = rows.check_record(record, batch)
-            if reason is None and state is None and not isinstance(record, JobStart):
-                reason = "unknown_job"  # a client must send its JobStart first
-            if reason is not None:
-                rejected[reason] += 1
-                continue
-            if isinstance(record, JobStart):
-                state = self._start_job(record)
-                write.job_pk = state.pk
-                continue
-            assert state is not None
-            update = self._updates.setdefault(state.pk, _JobUpdate())
-            update.last_seen = max(update.last_seen, record.wall_time)
-            oldest = min(oldest, record.wall_time)
-            match record:
-                case Step():
-                    write.steps.append(rows.step_row(state.pk, record))
-                    update.step = record
-                case Sharpness():
-                    write.sharpness.append(rows.sharpness_row(state.pk, record))
-                    update.sharpness = record
-                case Event():
-                    write.events.append(rows.event_row(state.pk, record))
-                case JobEnd():
-                    write.end = update.end = record
-        if update is not None:
+            # Steps are nearly every record: one type test, one check, one tuple.
+            if type(record) is Step:
+                reason = rows.check_step(record, job, run)
+                if reason is None and state is not None:
+                    steps.append(rows.step_row(pk, record))
+                    last_step = record
+                    last_wall = record.wall_time
+                    first_wall = first_wall or last_wall
+                    continue
+            else:
+                reason = rows.check_record(record, job, run)
+                if reason is None and isinstance(record, JobStart):
+                    state = self._start_job(record)
+                    pk = write.job_pk = state.pk
+                    continue
+                if reason is None and state is not None:
+                    last_wall = record.wall_time
+                    first_wall = first_wall or last_wall
+                    match record:
+                        case Sharpness():
+                            write.sharpness.append(rows.sharpness_row(pk, record))
+                            last_sharpness = record
+                        case Event():
+                            write.events.append(rows.event_row(pk, record))
+                        case JobEnd():
+                            write.end = record
+                    continue
+            rejected[reason or "unknown_job"] += 1  # a client must send its JobStart first
+        if state is not None and last_wall is not None:
+            update = self._updates.setdefault(pk, _JobUpdate())
+            update.last_seen = max(update.last_seen, last_wall)
             update.dropped = max(update.dropped, batch.dropped)
+            update.step = last_step or update.step
+            update.sharpness = last_sharpness or update.sharpness
+            update.end = write.end or update.end
         for reason, n in rejected.items():
             self.counters.rejected[reason] += n
-            self._log.warning(reason, "rejected %d record(s) of job %r: %s", n, batch.job, reason)
+            self._log.warning(reason, "rejected %d record(s) of job %r: %s", n, job, reason)
+        oldest = first_wall if first_wall is not None else time.time()
         self._pending.append(
             _PendingFrame(
                 identity,
@@ -277,6 +283,7 @@ class Ingest:
     # -- commit -----------------------------------------------------------------------
 
     def commit(self) -> None:
+        """Commit the pending frames in one transaction, then acknowledge them."""
         pending, updates = self._pending, self._updates
         self._pending, self._updates, self._pending_rows, self._deadline = [], {}, 0, None
         if not pending:
@@ -291,48 +298,30 @@ class Ingest:
             )
             for pk, u in updates.items()
         ]
-        frames = [p.write for p in pending]
-        try:
-            self.store.write(frames, progress)
-        except OperationalError as exc:
-            # The database is away: nothing is acknowledged, the clients resend.
-            log.error("commit failed, %d frames left unacknowledged: %s", len(frames), exc.orig)
+        batch = writer.commit(self.store, CommitBatch([p.write for p in pending], progress))
+        if batch.database_down:
+            return  # nothing acknowledged: the clients resend
+        for i, error in batch.failed.items():
+            p = pending[i]
+            self._reject(p.identity, p.frame_id, FrameRejected("store_error", error))
+        committed = [pending[i] for i in batch.committed]
+        if not committed:
             return
-        except SQLAlchemyError as exc:
-            log.error("commit of %d frames failed (%s); retrying frame by frame", len(frames), exc)
-            pending = self._commit_one_by_one(pending)
-            if not pending:
-                return
         now = time.time()
-        stored = sum(p.write.stored for p in pending)
-        self.counters.records_ingested += stored
+        self.counters.records_ingested += sum(p.write.stored for p in committed)
         self.counters.commits += 1
-        self.counters.ingest_lag_seconds = max(0.0, now - min(p.oldest_wall_time for p in pending))
-        self._apply(updates, pending, now)
-        for p in pending:
-            written = p.write.rows
-            self._send(
-                p.identity,
-                Ack(
-                    frame_id=p.frame_id,
-                    stored=p.write.stored,
-                    duplicates=written - p.write.stored,
-                    rejected=p.rejected,
-                    reason=p.reason,
-                ),
+        oldest = min(p.oldest_wall_time for p in committed)
+        self.counters.ingest_lag_seconds = max(0.0, now - oldest)
+        self._apply(updates, committed, now)
+        for p in committed:
+            ack = Ack(
+                frame_id=p.frame_id,
+                stored=p.write.stored,
+                duplicates=p.write.rows - p.write.stored,
+                rejected=p.rejected,
+                reason=p.reason,
             )
-
-    def _commit_one_by_one(self, pending: list[_PendingFrame]) -> list[_PendingFrame]:
-        """Isolate the frame a transaction could not take; the others still commit."""
-        committed = []
-        for p in pending:
-            try:
-                self.store.write([p.write], [])
-            except SQLAlchemyError as exc:
-                self._reject(p.identity, p.frame_id, FrameRejected("store_error", str(exc)[:200]))
-            else:
-                committed.append(p)
-        return committed
+            self._send(p.identity, ack)
 
     def _apply(
         self, updates: dict[int, _JobUpdate], pending: list[_PendingFrame], now: float

@@ -1,0 +1,91 @@
+"""Helpers shared by the benchmarks: machine description, a daemon in its own process."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy
+
+PG_ADMIN_URL = os.environ.get(
+    "EDGEWATCH_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    )
+
+
+def header(title: str, command: str) -> str:
+    today = datetime.date.today().isoformat()
+    return f"### {title}\n\n{today} · {machine()} · `{command}`\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def daemon_process(db_url: str, **flags: str) -> Iterator[tuple[str, str]]:
+    """``edgewatch serve`` in its own process; yields (zmq endpoint, http url)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    http_port = free_port()
+    args = [sys.executable, "-m", "edgewatch", "serve", "--db", db_url, "--bind", endpoint,
+            "--http", f"127.0.0.1:{http_port}", "--log-level", "WARNING"]  # fmt: skip
+    for key, value in flags.items():
+        args += [f"--{key.replace('_', '-')}", value]
+    proc = subprocess.Popen(args)
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("daemon did not start") from None
+                time.sleep(0.1)
+        yield endpoint, url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@contextmanager
+def postgres_database() -> Iterator[str | None]:
+    """A throwaway PostgreSQL database, or None when no server is reachable."""
+    admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"edgewatch_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        print(f"(PostgreSQL skipped: {PG_ADMIN_URL} not reachable: {type(exc).__name__})")
+        yield None
+        return
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -1,0 +1,154 @@
+"""End-to-end ingest: records/s from N clients to committed rows, next to the raw insert
+rate of the same rows through SQLAlchemy, measured in the same run.
+
+- raw (daemon path): ``Store.write`` of ready tuples, the daemon's own write path
+  (driver-level executemany / unnest), no sockets, no decoding;
+- raw (Core dicts): ``conn.execute(insert(steps), list_of_dicts)``, the textbook
+  SQLAlchemy bulk insert, for reference;
+- end to end: N DEALER sockets send pre-encoded frames of 4096 step records (the
+  client's own frame size) to ``edgewatch serve`` in its own process, at most 8
+  unacknowledged frames each; the clock stops at the last Ack, which comes after the
+  commit. The database is then counted.
+
+Usage: python bench/ingest.py [--clients 4] [--records 400000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy
+import zmq
+from common import daemon_process, header, postgres_database
+
+from edgewatch.schemas import Ack, Batch, JobStart, OptimizerInfo, Step, decode_reply, encode
+from edgewatch.server.rows import step_row
+from edgewatch.server.store import FrameWrite, JobProgress, Store
+from edgewatch.server.tables import StepRow
+
+FRAME = 4096
+WINDOW = 8
+
+
+def make_steps(job: str, run: int, n: int, first_seq: int = 1) -> list[Step]:
+    now = time.time()
+    return [Step(job=job, run=run, seq=first_seq + i, step=i, wall_time=now, lr=1e-3,
+                 loss=2.0 + 1e-6 * i, grad_norm=0.5) for i in range(n)]  # fmt: skip
+
+
+def raw_rates(url: str, n: int) -> tuple[float, float]:
+    store = Store(url)
+    start = JobStart(
+        job="raw", run=1, seq=0, wall_time=time.time(), optimizer=OptimizerInfo(kind="SGD", lr=1e-3)
+    )  # noqa: E501
+    pk = store.upsert_job(start)["pk"]
+    rows = [step_row(pk, s) for s in make_steps("raw", 1, n)]
+    t0 = time.perf_counter()
+    for i in range(0, n, FRAME):
+        frame = FrameWrite(job_pk=pk, steps=rows[i : i + FRAME])
+        store.write([frame], [JobProgress(pk, time.time(), i, 1.0, 0)])
+    daemon_path = n / (time.perf_counter() - t0)
+    columns = [c.name for c in StepRow.__table__.columns]
+    from edgewatch.server.tables import INSERT_COLUMNS
+
+    dicts = [dict(zip(INSERT_COLUMNS["steps"], r, strict=True)) for r in rows]
+    for d in dicts:
+        d["run"] = 2
+    assert set(columns) == set(INSERT_COLUMNS["steps"])
+    t0 = time.perf_counter()
+    for i in range(0, n, FRAME):
+        with store.engine.begin() as conn:
+            conn.execute(sqlalchemy.insert(StepRow), dicts[i : i + FRAME])
+    core = n / (time.perf_counter() - t0)
+    store.close()
+    return daemon_path, core
+
+
+def end_to_end(url: str, clients: int, per_client: int) -> tuple[float, int]:
+    with daemon_process(url, commit_interval="0.05") as (endpoint, _http):
+        ctx = zmq.Context()
+        socks, frames = [], []
+        for c in range(clients):
+            job, run = f"bench-{c}", 1000 + c
+            start = JobStart(job=job, run=run, seq=0, wall_time=time.time(),
+                             optimizer=OptimizerInfo(kind="SGD", lr=1e-3))  # fmt: skip
+            steps = make_steps(job, run, per_client)
+            payloads = [encode(Batch(job=job, run=run, frame_id=0, records=[start]))]
+            payloads += [
+                encode(Batch(job=job, run=run, frame_id=k + 1, records=steps[i : i + FRAME]))
+                for k, i in enumerate(range(0, per_client, FRAME))
+            ]
+            sock = ctx.socket(zmq.DEALER)
+            sock.connect(endpoint)
+            socks.append(sock)
+            frames.append(payloads)
+        for sock, payloads in zip(socks, frames, strict=True):  # job starts first, untimed
+            sock.send(payloads[0])
+            assert isinstance(decode_reply(sock.recv()), Ack)
+        poller = zmq.Poller()
+        for sock in socks:
+            poller.register(sock, zmq.POLLIN)
+        next_frame = [1] * clients
+        in_flight = [0] * clients
+        acked = 0
+        t0 = time.perf_counter()
+        while acked < clients * per_client:
+            for c, sock in enumerate(socks):
+                while in_flight[c] < WINDOW and next_frame[c] < len(frames[c]):
+                    sock.send(frames[c][next_frame[c]])
+                    next_frame[c] += 1
+                    in_flight[c] += 1
+            for sock, _ in poller.poll(1000):
+                reply = decode_reply(sock.recv())
+                assert isinstance(reply, Ack), reply
+                acked += reply.stored + reply.duplicates
+                in_flight[socks.index(sock)] -= 1
+        elapsed = time.perf_counter() - t0
+        for sock in socks:
+            sock.close(0)
+        ctx.term()
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:
+        stored = conn.scalar(sqlalchemy.text("SELECT count(*) FROM steps"))
+    engine.dispose()
+    return clients * per_client / elapsed, int(stored or 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--records", type=int, default=400_000, help="in all, split over clients")
+    args = parser.parse_args()
+    per_client = args.records // args.clients
+    print(header("Ingest: N clients to committed rows, next to the raw insert rate",
+                 f"make bench-ingest  (bench/ingest.py --clients {args.clients} --records {args.records})"))  # fmt: skip  # noqa: E501
+    print("| database | raw insert, daemon path (rows/s) | raw insert, Core dicts (rows/s) | "
+          f"end to end, {args.clients} clients (records/s) | e2e / raw | rows stored |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp, postgres_database() as pg:
+        targets = [
+            (
+                "SQLite (WAL)",
+                f"sqlite:///{Path(tmp) / 'raw.db'}",
+                f"sqlite:///{Path(tmp) / 'e2e.db'}",
+            )
+        ]  # noqa: E501
+        if pg is not None:
+            targets.append(("PostgreSQL", pg, pg))
+        for name, raw_url, e2e_url in targets:
+            raw, core = raw_rates(raw_url, args.records)
+            if raw_url == e2e_url:  # one PostgreSQL database: start the e2e run empty
+                engine = sqlalchemy.create_engine(e2e_url)
+                with engine.begin() as conn:
+                    conn.execute(sqlalchemy.text("DROP TABLE steps, sharpness, events, jobs"))
+                engine.dispose()
+            e2e, stored = end_to_end(e2e_url, args.clients, per_client)
+            print(f"| {name} | {raw:,.0f} | {core:,.0f} | {e2e:,.0f} | {e2e / raw:.0%} | "
+                  f"{stored:,} of {args.clients * per_client:,} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
