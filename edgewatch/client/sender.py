@@ -209,22 +209,29 @@ class Sender(threading.Thread):
         return item.kind(job=self.job, run=self.run_id, seq=self._next_seq(), **item.fields)
 
     def _steps(self, chunk: StepChunk) -> list[Step]:
+        # This loop is the sender's per-record cost (CPU the training thread may wait
+        # for, through the GIL): locals, no helper calls.
         values = chunk.packed.floats()
+        job, run, seq = self.job, self.run_id, self._seq
+        self._seq += len(chunk.rows)
         steps = []
-        for i, (step, wall_time, lrs) in enumerate(chunk.rows):
-            group_lrs = lrs if len(lrs) > 1 and any(x != lrs[0] for x in lrs) else None
+        for (step, wall_time, lrs), loss, grad_norm in zip(
+            chunk.rows, values[0::2], values[1::2], strict=True
+        ):
+            seq += 1
+            group_lrs = lrs if len(lrs) > 1 and lrs.count(lrs[0]) != len(lrs) else None
             steps.append(
                 Step(
-                    job=self.job,
-                    run=self.run_id,
-                    seq=self._next_seq(),
+                    job=job,
+                    run=run,
+                    seq=seq,
                     step=step,
                     wall_time=wall_time,
                     lr=lrs[0],
                     group_lrs=group_lrs,
-                    loss=values[2 * i],
-                    grad_norm=values[2 * i + 1],
-                )
+                    loss=loss,
+                    grad_norm=grad_norm,
+                )  # fmt: skip
             )
         return steps
 
@@ -278,11 +285,14 @@ class Sender(threading.Thread):
                 self._note("bad_reply", "undecodable reply from the daemon (ignored)")
                 continue
             frame = self._frames.pop(reply.frame_id, None) if reply.frame_id is not None else None
-            if frame is not None:
-                self._buffered -= frame.records
+            if frame is None:
+                continue  # the answer to a resent frame already answered (or a garbled id)
+            self._buffered -= frame.records
             match reply:
                 case Ack():
-                    self.stats.acknowledged += reply.stored + reply.duplicates
+                    # Every record of the frame is taken care of (stored now, stored
+                    # before, or applied to the job) except the ones refused.
+                    self.stats.acknowledged += frame.records - reply.rejected
                     self.stats.rejected += reply.rejected
                     if reply.rejected:
                         self._note(
@@ -290,7 +300,7 @@ class Sender(threading.Thread):
                             f"daemon refused {reply.rejected} record(s): {reply.reason}",
                         )
                 case Nack():
-                    self.stats.rejected += frame.records if frame else 0
+                    self.stats.rejected += frame.records
                     self._note(
                         reply.reason, f"daemon refused a frame: {reply.reason} {reply.detail}"
                     )
