@@ -32,9 +32,12 @@ import edgewatch
 def make_model(width: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Linear(32, width), torch.nn.ReLU(), torch.nn.Linear(width, width),
-        torch.nn.ReLU(), torch.nn.Linear(width, 1),
-    )  # fmt: skip
+        torch.nn.Linear(32, width),
+        torch.nn.ReLU(),
+        torch.nn.Linear(width, width),
+        torch.nn.ReLU(),
+        torch.nn.Linear(width, 1),
+    )
     return model, torch.randn(16, 32), torch.randn(16, 1)
 
 
@@ -48,8 +51,9 @@ class Variant:
         self.params = list(self.model.parameters())
         self.mon = None
         if name == "edgewatch":
-            self.mon = edgewatch.attach(self.optimizer, model=self.model, job="overhead",
-                                        endpoint=endpoint)  # fmt: skip
+            self.mon = edgewatch.attach(
+                self.optimizer, model=self.model, job="overhead", endpoint=endpoint
+            )
         self.block_seconds: list[float] = []
 
     def norm(self) -> torch.Tensor:
@@ -103,11 +107,17 @@ def main() -> None:
     times = {v.name: v.block_seconds for v in variants}
     med = {name: statistics.median(t) * 1e6 for name, t in times.items()}
     params = sum(p.numel() for p in make_model(args.width)[0].parameters())
-    print(header("Client cost per step (CPU)",
-                 f"make bench-client  (bench/client_overhead.py --block {args.block} "
-                 f"--blocks {args.blocks} --width {args.width})"))  # fmt: skip
-    print(f"MLP with {params:,} parameters (6 tensors), SGD with momentum, batch 16, "
-          "torch.set_num_threads(1); blocks of the three loops alternated.\n")  # fmt: skip
+    print(
+        header(
+            "Client cost per step (CPU)",
+            f"make bench-client  (bench/client_overhead.py --block {args.block} "
+            f"--blocks {args.blocks} --width {args.width})",
+        )
+    )
+    print(
+        f"MLP with {params:,} parameters (6 tensors), SGD with momentum, batch 16, "
+        "torch.set_num_threads(1); blocks of the three loops alternated.\n"
+    )
     print("| loop | µs per step (median block) | quartiles |")
     print("|---|---|---|")
     for name, t in times.items():
@@ -115,8 +125,10 @@ def main() -> None:
         print(f"| {name} | {med[name]:.1f} | {q1 * 1e6:.1f}–{q3 * 1e6:.1f} |")
     kernel = med["bare + norm"] - med["bare"]
     added = med["edgewatch"] - med["bare + norm"]
-    print(f"\ngradient-norm kernel: {kernel:.1f} µs; edgewatch beyond the kernel: {added:.1f} µs "
-          f"per step; edgewatch / bare = {med['edgewatch'] / med['bare']:.3f}")  # fmt: skip
+    print(
+        f"\ngradient-norm kernel: {kernel:.1f} µs; edgewatch beyond the kernel: {added:.1f} µs "
+        f"per step; edgewatch / bare = {med['edgewatch'] / med['bare']:.3f}"
+    )
 
 
 if __name__ == "__main__":

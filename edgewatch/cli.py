@@ -31,10 +31,11 @@ def api_get(server: str, path: str, timeout: float = 5.0) -> Any:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return json.load(response)
     except urllib.error.HTTPError as exc:
-        try:
-            message = json.load(exc).get("error", exc.reason)
-        except ValueError:
-            message = exc.reason
+        with exc:  # an HTTPError holds the response open until closed
+            try:
+                message = json.load(exc).get("error", exc.reason)
+            except ValueError:
+                message = exc.reason
         raise ApiError(f"{url}: {exc.code} {message}") from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -44,8 +44,10 @@ def postgres_server() -> Iterator[sqlalchemy.Engine]:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("select 1"))
     except Exception as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL} ({type(exc).__name__}); "
-                    "set EDGEWATCH_TEST_POSTGRES to a server where CREATE DATABASE is allowed")  # fmt: skip
+        pytest.skip(
+            f"PostgreSQL not reachable at {PG_ADMIN_URL} ({type(exc).__name__}); "
+            "set EDGEWATCH_TEST_POSTGRES to a server where CREATE DATABASE is allowed"
+        )
     yield engine
     engine.dispose()
 

@@ -12,13 +12,23 @@ from edgewatch.server.config import Settings, load_settings
 
 def test_defaults_are_the_documented_ones() -> None:
     s = load_settings(env={})
-    assert (s.db, s.bind, s.http) == ("sqlite:///edgewatch.db", "tcp://127.0.0.1:5555", "127.0.0.1:9108")  # noqa: E501
+    assert (s.db, s.bind, s.http) == (
+        "sqlite:///edgewatch.db",
+        "tcp://127.0.0.1:5555",
+        "127.0.0.1:9108",
+    )
 
 
 def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     config = tmp_path / "edgewatch.toml"
-    config.write_text('[edgewatch]\ndb = "sqlite:///from-file.db"\ncommit-interval = 0.5\nhttp = "0.0.0.0:1"\n')  # noqa: E501
-    env = {"EDGEWATCH_CONFIG": str(config), "EDGEWATCH_COMMIT_INTERVAL": "0.25", "EDGEWATCH_HTTP": "127.0.0.1:2"}  # noqa: E501
+    config.write_text(
+        '[edgewatch]\ndb = "sqlite:///from-file.db"\ncommit-interval = 0.5\nhttp = "0.0.0.0:1"\n'
+    )
+    env = {
+        "EDGEWATCH_CONFIG": str(config),
+        "EDGEWATCH_COMMIT_INTERVAL": "0.25",
+        "EDGEWATCH_HTTP": "127.0.0.1:2",
+    }
     s = load_settings(env=env, overrides={"http": "127.0.0.1:3", "db": None})
     assert s.db == "sqlite:///from-file.db"  # file; the flag was not given
     assert s.commit_interval == 0.25  # environment beats file

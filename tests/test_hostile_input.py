@@ -30,11 +30,19 @@ def dealer(daemon: Daemon) -> Iterator[zmq.Socket[Any]]:
 
 
 def start(job: str, run: int = 1) -> JobStart:
-    return JobStart(job=job, run=run, seq=0, wall_time=time.time(), optimizer=OptimizerInfo(kind="SGD", lr=0.1))  # noqa: E501
+    return JobStart(
+        job=job, run=run, seq=0, wall_time=time.time(), optimizer=OptimizerInfo(kind="SGD", lr=0.1)
+    )
 
 
 def step(job: str, seq: int, run: int = 1, **fields: Any) -> Step:
-    values = {"step": seq, "wall_time": time.time(), "lr": 0.1, "loss": 1.0, "grad_norm": 1.0} | fields
+    values = {
+        "step": seq,
+        "wall_time": time.time(),
+        "lr": 0.1,
+        "loss": 1.0,
+        "grad_norm": 1.0,
+    } | fields
     return Step(job=job, run=run, seq=seq, **values)
 
 
@@ -46,7 +54,11 @@ def send(sock: zmq.Socket[Any], job: str, records: list[Any], frame_id: int = 1)
 def test_garbage_between_good_traffic_is_counted_and_the_good_is_stored(
     daemon: Daemon, dealer: zmq.Socket[Any]
 ) -> None:
-    good = encode(Batch(job="g", run=1, frame_id=1, records=[start("g"), *[step("g", i) for i in range(1, 50)]]))  # noqa: E501
+    good = encode(
+        Batch(
+            job="g", run=1, frame_id=1, records=[start("g"), *[step("g", i) for i in range(1, 50)]]
+        )
+    )
     garbage = [os.urandom(n) for n in (1, 17, 500, 4096)]
     garbage += [good[:10], good[: len(good) // 2], good[:-1]]  # truncated frames
     for frame in garbage:
@@ -59,8 +71,10 @@ def test_garbage_between_good_traffic_is_counted_and_the_good_is_stored(
     assert len(acks) == 1 and acks[0].stored == 49
     nacks = [r for r in replies if isinstance(r, Nack)]
     assert len(nacks) == 2 * len(garbage)
-    rejected = sum(metric(daemon, "edgewatch_messages_rejected_total", reason=r) or 0
-                   for r in ("malformed", "invalid"))  # fmt: skip
+    rejected = sum(
+        metric(daemon, "edgewatch_messages_rejected_total", reason=r) or 0
+        for r in ("malformed", "invalid")
+    )
     assert rejected == 2 * len(garbage)
     # ... and a well-behaved client afterwards is served normally.
     mon = run_toy("after-garbage", daemon.endpoint, 300)
@@ -113,7 +127,9 @@ def test_bad_values_are_refused_one_by_one_and_nonfinite_losses_kept(
         step("v", 4, lr=nan),  # refused
         step("v", 5, grad_norm=-1.0),  # refused
         step("v", 6, step=2**63),  # refused: beyond SQL's BIGINT
-        Step(job="other", run=1, seq=7, step=7, wall_time=1.0, lr=0.1),  # refused: not this frame's job
+        Step(
+            job="other", run=1, seq=7, step=7, wall_time=1.0, lr=0.1
+        ),  # refused: not this frame's job
         step("v", 8),  # kept
     ]
     reply = send(dealer, "v", records)
@@ -147,9 +163,18 @@ def test_a_resent_frame_is_acknowledged_again_and_stored_once(
     assert metric(daemon, "edgewatch_records_ingested_total") == 100
 
 
-def test_unknown_record_types_are_invalid_not_fatal(daemon: Daemon, dealer: zmq.Socket[Any]) -> None:
-    frame = msgspec.msgpack.encode({"type": "batch", "job": "u", "run": 1, "frame_id": 1,
-                                    "records": [{"type": "telemetry", "job": "u", "run": 1, "seq": 1}]})  # fmt: skip
+def test_unknown_record_types_are_invalid_not_fatal(
+    daemon: Daemon, dealer: zmq.Socket[Any]
+) -> None:
+    frame = msgspec.msgpack.encode(
+        {
+            "type": "batch",
+            "job": "u",
+            "run": 1,
+            "frame_id": 1,
+            "records": [{"type": "telemetry", "job": "u", "run": 1, "seq": 1}],
+        }
+    )
     dealer.send(frame)
     reply = decode_reply(dealer.recv())
     assert isinstance(reply, Nack) and reply.reason == "invalid"

@@ -25,7 +25,9 @@ def stored_steps(daemon: Daemon, job: str) -> list[tuple[int, float, float, floa
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
-def test_one_client_streams_100k_steps_exactly_once(make_daemon: DaemonFactory, db_url: str) -> None:
+def test_one_client_streams_100k_steps_exactly_once(
+    make_daemon: DaemonFactory, db_url: str
+) -> None:
     daemon = make_daemon(db=db_url)
     mon = run_toy("big-run", daemon.endpoint, 100_000)
     assert mon.stats["unacknowledged"] == 0 and mon.stats["dropped"] == 0, mon.stats

@@ -37,9 +37,16 @@ def sample_batch() -> Batch:
         frame_id=3,
         dropped=2,
         records=[
-            JobStart(**common, seq=1, wall_time=1.0, optimizer=OptimizerInfo(kind="AdamW", lr=3e-4, betas=(0.9, 0.95))),  # noqa: E501
+            JobStart(
+                **common,
+                seq=1,
+                wall_time=1.0,
+                optimizer=OptimizerInfo(kind="AdamW", lr=3e-4, betas=(0.9, 0.95)),
+            ),
             Step(**common, seq=2, step=0, wall_time=1.5, lr=3e-4, loss=2.5, grad_norm=float("nan")),
-            Sharpness(**common, seq=3, step=0, wall_time=1.6, value=12.0, preconditioned=True, matvecs=4),  # noqa: E501
+            Sharpness(
+                **common, seq=3, step=0, wall_time=1.6, value=12.0, preconditioned=True, matvecs=4
+            ),
             Event(**common, seq=4, step=0, wall_time=1.7, kind="nonfinite_grad"),
             JobEnd(**common, seq=5, step=0, wall_time=2.0, status="failed"),
         ],
@@ -65,8 +72,14 @@ def test_a_batch_of_every_record_type_round_trips() -> None:
         (msgspec.msgpack.encode([1, 2, 3]), "invalid"),
         (
             msgspec.msgpack.encode(
-                {"type": "batch", "protocol": 99, "job": "j", "run": 1, "frame_id": 1,
-                 "records": [{"type": "quantum_step", "job": "j"}]}  # fmt: skip
+                {
+                    "type": "batch",
+                    "protocol": 99,
+                    "job": "j",
+                    "run": 1,
+                    "frame_id": 1,
+                    "records": [{"type": "quantum_step", "job": "j"}],
+                }
             ),
             "protocol_version",
         ),
@@ -78,9 +91,23 @@ def test_a_batch_of_every_record_type_round_trips() -> None:
         ),
         (
             msgspec.msgpack.encode(
-                {"type": "batch", "job": "j", "run": 1, "frame_id": 1,
-                 "records": [{"type": "step", "job": "j", "run": 1, "seq": 1, "step": "ten",
-                              "wall_time": 0.0, "lr": 0.1}]}  # fmt: skip
+                {
+                    "type": "batch",
+                    "job": "j",
+                    "run": 1,
+                    "frame_id": 1,
+                    "records": [
+                        {
+                            "type": "step",
+                            "job": "j",
+                            "run": 1,
+                            "seq": 1,
+                            "step": "ten",
+                            "wall_time": 0.0,
+                            "lr": 0.1,
+                        }
+                    ],
+                }
             ),
             "invalid",
         ),

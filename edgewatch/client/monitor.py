@@ -3,8 +3,9 @@
 Per optimizer step the training thread does only this: an optimizer step pre-hook
 launches the fused gradient-norm kernel and reads the param groups' learning rates
 (before ``zero_grad`` and before the scheduler moves the LR on); ``mon.step(loss)``
-appends one tuple to a list. Every 64 steps, or 0.2 s, the list goes to the sender
-thread in one piece. No ``.item()``, no lock, no socket on the training thread.
+appends one tuple to a list. Every 64 steps, or 0.5 s, the list goes to the sender
+thread in one piece. No lock, no socket, no GPU sync on the training thread: scalars
+on a GPU stay there until the sender reads a whole chunk back (``readback.py``).
 
 Every failure inside the monitor is caught, counted in ``stats`` and logged once; the
 training loop never sees an exception from edgewatch.
@@ -28,14 +29,17 @@ from edgewatch.client.capture import (
     single_group,
     trainable_params,
 )
-from edgewatch.client.readback import host_value, pack
+from edgewatch.client.readback import Row, Value, host_value, pack
 from edgewatch.client.sender import RecordItem, Sender, StepChunk
 from edgewatch.schemas import Event, JobEnd
 
 log = logging.getLogger("edgewatch.client")
 
+# The sender's cost is mostly per frame (a wakeup, a send, an Ack: bench/RESULTS.md),
+# so records travel in few, large frames; half a second of delay costs a monitor
+# scraped every few seconds nothing.
 CHUNK_STEPS = 64
-CHUNK_SECONDS = 0.2
+CHUNK_SECONDS = 0.5
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 
@@ -54,7 +58,7 @@ class Monitor:
         total_steps: int | None = None,
         budget: float = 0.02,
         max_buffered: int = 200_000,
-        flush_interval: float = 0.05,
+        flush_interval: float = 0.2,
         close_timeout: float = 5.0,
         all_ranks: bool = False,
     ) -> None:
@@ -70,16 +74,16 @@ class Monitor:
         self.closed = False
         self._logged: set[str] = set()
         self._step = 0
-        self._rows: list[tuple[int, float, list[float]]] = []
-        self._values: list[Any] = []  # loss, grad norm, loss, grad norm, ...
+        self._rows: list[Row] = []  # (step, wall time, group LRs, loss, grad norm)
         self._last_ship = time.monotonic()
         self._lrs: list[float] | None = None
-        self._grad_norm: torch.Tensor | None = None
+        self._grad_norm: Value = None
         self._params = trainable_params(optimizer)
         self._one_group = single_group(self._params)
         identity = process_identity()
         # Under torchrun every rank runs this line; by default rank 0 alone reports.
         self.enabled = all_ranks or identity["rank"] == 0
+        self._off = not self.enabled  # one test on the hot path: disabled or closed
         self.run = random.getrandbits(62)
         self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
         self.sender: Sender | None = None
@@ -104,37 +108,42 @@ class Monitor:
     # -- hot path ---------------------------------------------------------------------
 
     def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not self.enabled:
+        if self._off:
             return
         try:
-            self._lrs = [float(group["lr"]) for group in optimizer.param_groups]
-            self._grad_norm = global_grad_norm(self._params, self._one_group)
+            self._lrs = [group["lr"] for group in optimizer.param_groups]
+            self._grad_norm = host_value(global_grad_norm(self._params, self._one_group))
         except Exception as exc:
             self._fail("hook", exc)
 
     def step(self, loss: torch.Tensor | float | None = None, *, step: int | None = None) -> None:
         """Record the optimizer step just taken. Never blocks, never raises."""
-        if not self.enabled or self.closed:
+        if self._off:
             return
+        # Kept short on purpose: inside a real loop, with caches cold from the forward
+        # and backward passes, each line here costs several times its microbenchmark.
         try:
-            number = self._step if step is None else step
-            self._step = number + 1
+            if type(loss) is torch.Tensor and loss.is_cpu:
+                loss = loss.item()  # raises for a tensor of several elements: counted below
+            elif loss is not None:
+                loss = host_value(loss)
             lrs = self._lrs
             if lrs is None:  # optimizer.step() was not called (a skipped AMP step, say)
-                lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
-            self._rows.append((number, time.time(), lrs))
-            self._values.append(host_value(loss))
-            self._values.append(host_value(self._grad_norm))
+                lrs = [group["lr"] for group in self.optimizer.param_groups]
+            number = self._step if step is None else int(step)
+            self._step = number + 1
+            rows = self._rows
+            rows.append((number, time.time(), lrs, loss, self._grad_norm))
             self._lrs = self._grad_norm = None
-            if len(self._rows) >= CHUNK_STEPS or time.monotonic() - self._last_ship > CHUNK_SECONDS:
+            if len(rows) >= CHUNK_STEPS or time.monotonic() - self._last_ship > CHUNK_SECONDS:
                 self._ship()
         except Exception as exc:
             self._fail("step", exc)
 
     def _ship(self) -> None:
         if self._rows and self.sender is not None:
-            self.sender.put(StepChunk(self._rows, pack(self._values)))
-        self._rows, self._values = [], []
+            self.sender.put(StepChunk(self._rows, pack(self._rows)))
+        self._rows = []
         self._last_ship = time.monotonic()
 
     # -- everything else --------------------------------------------------------------
@@ -175,7 +184,7 @@ class Monitor:
         """
         if self.closed:
             return
-        self.closed = True
+        self.closed = self._off = True
         try:
             self._hook.remove()
             if self.sender is None:

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 Value = torch.Tensor | float | int | None
+Row = tuple[int, float, list[Any], Value, Value]
+"""One step as the training thread keeps it: step, wall time, group LRs, loss, grad norm."""
 
 
 @dataclasses.dataclass
@@ -46,8 +48,11 @@ class Packed:
         ]
 
 
-def host_value(value: Value) -> Value:
+def host_value(value: Any) -> Value:
     """A float now when that costs no sync (host tensors); device tensors stay deferred.
+
+    Raises (TypeError, ValueError, RuntimeError) for what is no scalar: a string, a
+    tensor of several elements.
 
     On the CPU there is nothing to wait for, and reading the scalar here (~0.5 µs) is
     cheaper than keeping a detached tensor; it also leaves the sender thread no torch
@@ -55,12 +60,21 @@ def host_value(value: Value) -> Value:
     """
     if isinstance(value, torch.Tensor):
         # ``is_cpu`` costs 80 ns where ``device.type`` costs 420: this runs twice a step.
+        if value.numel() != 1:
+            raise ValueError(f"expected a scalar loss, got a tensor of shape {tuple(value.shape)}")
         return value.item() if value.is_cpu else value.detach()
-    return value
+    return None if value is None else float(value)
 
 
-def pack(values: list[Value]) -> Packed:
-    """Start moving a chunk's CUDA values to the host; runs on the training thread."""
+def pack(rows: list[Row]) -> Packed:
+    """Start moving a chunk's CUDA values to the host; runs on the training thread.
+
+    ``values`` of the result are [loss, grad norm] per row, flattened.
+    """
+    values: list[Value] = []
+    for row in rows:
+        values.append(row[3])
+        values.append(row[4])
     slots = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor) and v.is_cuda]
     if not slots:
         return Packed(values, device_left=any(isinstance(v, torch.Tensor) for v in values))

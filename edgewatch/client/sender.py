@@ -23,23 +23,25 @@ from typing import Any
 import msgspec
 import zmq
 
-from edgewatch.client.readback import Packed
+from edgewatch.client.readback import Packed, Row
 from edgewatch.schemas import Ack, AnyRecord, Batch, JobStart, Nack, Step, decode_reply, encode
 
 log = logging.getLogger("edgewatch.client")
 
 MAX_FRAME_RECORDS = 4096
+CONNECT_GRACE = 2.0
 
 
 @dataclasses.dataclass
 class StepChunk:
-    """Steps shipped together by the training thread; values in ``packed``.
+    """Steps shipped together by the training thread.
 
-    ``rows`` holds (step, wall_time, lrs) per step; ``packed`` holds the loss and gradient
-    norm of each step, interleaved: [loss0, norm0, loss1, norm1, ...].
+    ``rows`` as the monitor keeps them; ``packed`` holds the loss and gradient norm of
+    each step as floats, interleaved: [loss0, norm0, loss1, norm1, ...] (device values
+    read back once ``packed.ready()``).
     """
 
-    rows: list[tuple[int, float, list[float]]]
+    rows: list[Row]
     packed: Packed
 
 
@@ -108,6 +110,7 @@ class Sender(threading.Thread):
         self._buffered = 0  # records in _frames
         self._finishing = threading.Event()
         self._close_deadline = 0.0
+        self._finish_asked = 0.0
         self._logged: set[str] = set()
 
     # -- training thread side ---------------------------------------------------------
@@ -124,7 +127,8 @@ class Sender(threading.Thread):
 
     def finish(self, timeout: float) -> None:
         """Ask the thread to send everything and wait up to ``timeout`` for the acks."""
-        self._close_deadline = time.monotonic() + timeout
+        self._finish_asked = time.monotonic()
+        self._close_deadline = self._finish_asked + timeout
         self._finishing.set()
 
     @property
@@ -142,7 +146,7 @@ class Sender(threading.Thread):
             (zmq.SNDHWM, 64),
             (zmq.RCVHWM, 1024),
             (zmq.RECONNECT_IVL, 100),
-            (zmq.RECONNECT_IVL_MAX, 2000),
+            (zmq.RECONNECT_IVL_MAX, 1000),  # a restarted daemon is found within a second
             (zmq.MAXMSGSIZE, 1 << 20),
         ):
             sock.setsockopt(option, value)
@@ -179,9 +183,11 @@ class Sender(threading.Thread):
         now = time.monotonic()
         if self.unacknowledged == 0 or now >= self._close_deadline:
             return True
-        # Nothing has come back for a while and nothing is connected: a daemon that
-        # never existed (or died) must not hold close() for the whole timeout.
-        return not self.connected and now - last_contact > 1.0
+        # Nothing connected for CONNECT_GRACE seconds since close() was asked for (longer
+        # than ZeroMQ's reconnect backoff, so a daemon that just restarted is found): a
+        # daemon that never existed, or died, must not hold close() for the whole timeout.
+        quiet = now - max(last_contact, self._finish_asked)
+        return not self.connected and quiet > CONNECT_GRACE
 
     def _frame_inbox(self) -> None:
         while self.inbox:
@@ -215,10 +221,11 @@ class Sender(threading.Thread):
         job, run, seq = self.job, self.run_id, self._seq
         self._seq += len(chunk.rows)
         steps = []
-        for (step, wall_time, lrs), loss, grad_norm in zip(
+        for (step, wall_time, lrs, _, _), loss, grad_norm in zip(
             chunk.rows, values[0::2], values[1::2], strict=True
         ):
             seq += 1
+            lrs = [float(lr) for lr in lrs] if len(lrs) > 1 else [float(lrs[0])]
             group_lrs = lrs if len(lrs) > 1 and lrs.count(lrs[0]) != len(lrs) else None
             steps.append(
                 Step(
@@ -231,7 +238,7 @@ class Sender(threading.Thread):
                     group_lrs=group_lrs,
                     loss=loss,
                     grad_norm=grad_norm,
-                )  # fmt: skip
+                )
             )
         return steps
 

@@ -1,0 +1,114 @@
+"""``edgewatch serve`` as a real process: SIGTERM while a client streams loses nothing."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import sqlalchemy
+from conftest import free_port, http_json
+from toy import run_toy
+
+import edgewatch
+
+
+def start_daemon(db: str, port: int, http_port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:  # a file, not a pipe nobody reads: the daemon never blocks
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgewatch",
+                "serve",
+                "--db",
+                db,
+                "--bind",
+                f"tcp://127.0.0.1:{port}",
+                "--http",
+                f"127.0.0.1:{http_port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            http_json(f"http://127.0.0.1:{http_port}/healthz")
+            return proc
+        except OSError:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+    raise AssertionError("daemon did not become healthy")
+
+
+def test_sigterm_mid_stream_exits_zero_with_everything_acknowledged_committed(
+    tmp_path: Path,
+) -> None:
+    db = f"sqlite:///{tmp_path / 'ew.db'}"
+    port, http_port = free_port(), free_port()
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(db, port, http_port, log)
+    monitors: list[edgewatch.Monitor] = []
+
+    def train() -> None:
+        monitors.append(run_toy("sigterm", f"tcp://127.0.0.1:{port}", 60_000, close_timeout=3.0))
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    time.sleep(1.5)  # mid-stream
+    proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    status = proc.wait(timeout=10)
+    stopped_in = time.monotonic() - started
+    trainer.join(60)
+    output = log.read_text()
+    assert status == 0, output
+    assert stopped_in < 5, f"took {stopped_in:.1f}s to stop"
+    assert "SIGTERM" in output
+    mon = monitors[0]
+    engine = sqlalchemy.create_engine(db)
+    with engine.connect() as conn:
+        stored = conn.scalar(sqlalchemy.text("SELECT count(*) FROM steps"))
+    engine.dispose()
+    # Acknowledged counts the JobStart too, which is a job row, not a step row.
+    acknowledged_steps = mon.stats["acknowledged"] - 1
+    assert acknowledged_steps > 0
+    assert stored is not None and stored >= acknowledged_steps
+    assert mon.stats["steps"] == 60_000  # training went on to the end without the daemon
+
+
+def test_a_restarted_daemon_receives_what_the_client_resends(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'ew.db'}"
+    port, http_port = free_port(), free_port()
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(db, port, http_port, log)
+    param = __import__("torch").zeros(2, requires_grad=True)
+    optimizer = __import__("torch").optim.SGD([param], lr=0.1)
+    mon = edgewatch.attach(
+        optimizer, job="restart", endpoint=f"tcp://127.0.0.1:{port}", close_timeout=20
+    )
+    mon.sender.resend_after = 1.0  # type: ignore[union-attr]
+    for i in range(200):
+        param.grad = param.detach() + i
+        optimizer.step()
+        mon.step(float(i))
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    for i in range(200, 400):  # the daemon is down: steps wait in the client
+        param.grad = param.detach() + i
+        optimizer.step()
+        mon.step(float(i))
+    proc = start_daemon(db, port, http_port, log)
+    try:
+        mon.close()
+        steps = http_json(f"http://127.0.0.1:{http_port}/api/jobs/restart/steps")
+        assert [s["step"] for s in steps] == list(range(400))
+        assert mon.stats["unacknowledged"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)

@@ -1,0 +1,67 @@
+"""The names DESIGN.md fixes, pinned; and the daemon's side importable without torch."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import edgewatch
+import edgewatch.monitor
+import edgewatch.schemas
+import edgewatch.server
+
+
+def isort_order(name: str) -> tuple[int, str]:
+    """The order ruff's RUF022 keeps: CONSTANTS, then Classes, then functions."""
+    if name.isupper():
+        return 0, name
+    return (1 if name[:1].isupper() else 2), name
+
+
+def test_exported_members_are_explicit_and_sorted() -> None:
+    for module in (edgewatch, edgewatch.monitor, edgewatch.schemas, edgewatch.server):
+        assert module.__all__ == sorted(module.__all__, key=isort_order), module.__name__
+        assert len(set(module.__all__)) == len(module.__all__)
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{module.__name__}.{name}"
+    assert edgewatch.__all__ == ["Monitor", "__version__", "attach"]
+
+
+def test_attach_signature_is_the_documented_one() -> None:
+    params = inspect.signature(edgewatch.attach).parameters
+    assert list(params)[:2] == ["optimizer", "model"]
+    for name, default in (
+        ("endpoint", None),
+        ("probe", None),
+        ("scheduler", None),
+        ("total_steps", None),
+        ("budget", 0.02),
+    ):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert params[name].default == default
+    assert params["job"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_daemon_schemas_and_float_math_import_without_torch() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now fails
+        "import edgewatch, edgewatch.server, edgewatch.schemas, edgewatch.monitor, edgewatch.cli\n"
+        "from edgewatch.server.daemon import Daemon\n"
+        "assert edgewatch.monitor.gd_threshold(0.1) == 20.0\n"
+        "print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_a_training_script_named_like_our_parts_does_not_shadow_them(tmp_path: object) -> None:
+    import pathlib
+
+    root = pathlib.Path(str(tmp_path))
+    (root / "client.py").write_text("raise ImportError('user client.py was imported')\n")
+    (root / "server").mkdir()
+    (root / "server" / "__init__.py").write_text("raise ImportError('user server/ was imported')\n")
+    code = "import edgewatch.client, edgewatch.server; print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert result.stdout.strip() == "ok", result.stderr
