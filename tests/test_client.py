@@ -130,3 +130,17 @@ def test_only_rank_zero_reports_under_torchrun(
     mon.step(1.0)
     mon.close()
     assert not mon.enabled and daemon.jobs.get("rank1") is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_gradient_norms_of_every_precision_and_of_mixed_ones(dtype: torch.dtype) -> None:
+    from edgewatch.client.capture import global_grad_norm, single_group
+
+    a = torch.zeros(3, dtype=dtype, requires_grad=True)
+    b = torch.zeros(4, dtype=torch.float32, requires_grad=True)
+    a.grad = torch.full((3,), 2.0, dtype=dtype)
+    b.grad = torch.full((4,), 1.0)
+    alone = global_grad_norm([a], single_group([a]))
+    assert alone is not None and alone.item() == pytest.approx(12**0.5, rel=1e-2)
+    mixed = global_grad_norm([a, b], single_group([a, b]))
+    assert mixed is not None and mixed.item() == pytest.approx(16**0.5, rel=1e-2)

@@ -65,3 +65,16 @@ def test_a_training_script_named_like_our_parts_does_not_shadow_them(tmp_path: o
     code = "import edgewatch.client, edgewatch.server; print('ok')"
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_monitor_exports_the_designed_torch_functions() -> None:
+    import edgewatch.client.curvature  # imports every monitor submodule
+    from edgewatch.monitor import sharpness, stability_threshold, top_eigenvalue
+
+    assert callable(sharpness) and callable(top_eigenvalue) and callable(stability_threshold)
+    assert edgewatch.monitor.sharpness is sharpness
+    params = inspect.signature(sharpness).parameters
+    assert list(params)[:4] == ["model", "probe", "optimizer", "v0"]
+    params = inspect.signature(top_eigenvalue).parameters
+    assert list(params)[:5] == ["matvec", "v0", "method", "tol", "max_iter"]
+    assert params["method"].default == "lanczos"

@@ -36,11 +36,17 @@ def global_grad_norm(params: list[torch.Tensor], one_group: bool) -> torch.Tenso
     if not grads:
         return None
     if one_group:
-        norms = list(torch._foreach_norm(grads, 2, dtype=torch.float32))
+        norms = list(torch._foreach_norm(grads, 2, dtype=_accumulation_dtype(grads[0])))
     else:
         norms = _grouped_norms(grads, grads[0].device)
     total: torch.Tensor = torch.linalg.vector_norm(torch.stack(norms))
     return total
+
+
+def _accumulation_dtype(grad: torch.Tensor) -> torch.dtype | None:
+    # Half-precision squares overflow: accumulate those in float32. float32 and float64
+    # keep their own dtype (asking a float64 norm for float32 is a narrowing error).
+    return torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else None
 
 
 def _grouped_norms(grads: list[torch.Tensor], out_device: torch.device) -> list[torch.Tensor]:
@@ -49,10 +55,9 @@ def _grouped_norms(grads: list[torch.Tensor], out_device: torch.device) -> list[
         groups.setdefault((g.device, g.dtype), []).append(g)
     norms: list[torch.Tensor] = []
     for group in groups.values():
-        group_norms = torch._foreach_norm(group, 2, dtype=torch.float32)
-        norms.append(
-            torch.linalg.vector_norm(torch.stack(group_norms)).to(out_device, non_blocking=True)
-        )
+        group_norms = torch._foreach_norm(group, 2, dtype=_accumulation_dtype(group[0]))
+        total = torch.linalg.vector_norm(torch.stack(group_norms)).float()  # one dtype to stack
+        norms.append(total.to(out_device, non_blocking=True))
     return norms
 
 

@@ -29,9 +29,10 @@ from edgewatch.client.capture import (
     single_group,
     trainable_params,
 )
+from edgewatch.client.curvature import CurvatureSchedule
 from edgewatch.client.readback import Row, Value, host_value, pack
 from edgewatch.client.sender import RecordItem, Sender, StepChunk
-from edgewatch.schemas import Event, JobEnd
+from edgewatch.schemas import Event, JobEnd, Sharpness
 
 log = logging.getLogger("edgewatch.client")
 
@@ -86,6 +87,11 @@ class Monitor:
         self._off = not self.enabled  # one test on the hot path: disabled or closed
         self.run = random.getrandbits(62)
         self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
+        self.curvature: CurvatureSchedule | None = None
+        if probe is not None and self.enabled:
+            self.curvature = CurvatureSchedule(
+                model if model is not None else self._params, optimizer, probe, budget
+            )
         self.sender: Sender | None = None
         if self.enabled:
             start = dict(
@@ -139,6 +145,34 @@ class Monitor:
                 self._ship()
         except Exception as exc:
             self._fail("step", exc)
+            return
+        if self.curvature is not None and self.curvature.due():
+            self._measure_sharpness(number)
+
+    def _measure_sharpness(self, number: int) -> None:
+        assert self.curvature is not None
+        started = time.perf_counter()
+        try:
+            est, seconds = self.curvature.measure()
+        except Exception as exc:
+            # A failing probe still counts against the budget: it is not retried every step.
+            self.curvature.last_cost = time.perf_counter() - started
+            self.curvature.spent += self.curvature.last_cost
+            self._fail("sharpness", exc)
+            return
+        if self.sender is not None:
+            self._ship()  # the steps before this estimate go first
+            fields = {
+                "step": number,
+                "wall_time": time.time(),
+                "value": est.value,
+                "preconditioned": est.preconditioned,
+                "method": "lanczos",
+                "matvecs": est.matvecs,
+                "residual": est.residual,
+                "seconds": seconds,
+            }
+            self.sender.put(RecordItem(Sharpness, fields))
 
     def _ship(self) -> None:
         if self._rows and self.sender is not None:

@@ -1,7 +1,16 @@
 """The stability math. Pure: no sockets, no files, no database.
 
-Float-only functions (thresholds) import no torch: the daemon uses them.
+Float-only functions (thresholds) import no torch: the daemon uses them. The torch
+functions (Hessian-vector products, eigen-estimators, sharpness) are imported on first
+use, so that ``import edgewatch.monitor`` works where torch is absent. (No submodule
+is named like a function it exports: importing ``monitor/sharpness.py`` would have made
+``edgewatch.monitor.sharpness`` the module, not the function.)
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from edgewatch.monitor.thresholds import (
     adam_threshold,
@@ -13,12 +22,50 @@ from edgewatch.monitor.thresholds import (
     uses_preconditioned_sharpness,
 )
 
+if TYPE_CHECKING:
+    from edgewatch.monitor.curvature import (
+        SharpnessEstimate,
+        UpdateCurvature,
+        adam_preconditioner,
+        sharpness,
+        update_curvature,
+    )
+    from edgewatch.monitor.eigen import EigenEstimate, NotConvergedWarning, top_eigenvalue
+    from edgewatch.monitor.hvp import HessianOperator
+
 __all__ = [
+    "EigenEstimate",
+    "HessianOperator",
+    "NotConvergedWarning",
+    "SharpnessEstimate",
+    "UpdateCurvature",
+    "adam_preconditioner",
     "adam_threshold",
     "gd_threshold",
     "heavy_ball_threshold",
     "nesterov_threshold",
+    "sharpness",
     "stability_threshold",
     "threshold_for",
+    "top_eigenvalue",
+    "update_curvature",
     "uses_preconditioned_sharpness",
 ]
+
+_LAZY = {
+    "EigenEstimate": "edgewatch.monitor.eigen",
+    "NotConvergedWarning": "edgewatch.monitor.eigen",
+    "top_eigenvalue": "edgewatch.monitor.eigen",
+    "HessianOperator": "edgewatch.monitor.hvp",
+    "SharpnessEstimate": "edgewatch.monitor.curvature",
+    "UpdateCurvature": "edgewatch.monitor.curvature",
+    "adam_preconditioner": "edgewatch.monitor.curvature",
+    "sharpness": "edgewatch.monitor.curvature",
+    "update_curvature": "edgewatch.monitor.curvature",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgewatch.monitor' has no attribute {name!r}")

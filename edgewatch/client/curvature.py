@@ -1,0 +1,89 @@
+"""Sharpness during training, on the user's probe, within a share of wall time.
+
+Cadence is set by a time budget, not a step interval: an estimate is started when the
+seconds spent on curvature so far, plus what the last estimate cost, stay within
+``budget`` (default 2%) of the wall time since ``attach``. A cheap model gets many
+estimates; a large one few; neither pays more than its share. ``urgency`` raises the
+share (the daemon asks for it when a job approaches instability).
+
+Each estimate starts from the previous one's eigenvector (warm start); it is run again
+from a random vector when it did not converge or jumped by more than half, because a
+warm start can sit on a former top eigenvector after the spectrum reorders.
+
+Where it runs: on the training thread, right after ``mon.step``, in whatever mode the
+model is in (see ``monitor/hvp.py`` for why train() mode is right and deterministic).
+On a GPU the estimate reads back a few scalars (a sync), which the budget accounts for.
+Memory: the double-backward graph holds ~2–3× the probe's activations, plus one vector
+the size of the parameters for the warm start; size the probe batch for that.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from edgewatch.monitor.curvature import SharpnessEstimate, sharpness
+from edgewatch.monitor.eigen import NotConvergedWarning
+
+JUMP = 0.5  # relative change that makes a warm-started estimate suspect
+
+
+class CurvatureSchedule:
+    def __init__(
+        self,
+        params: torch.nn.Module | list[torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        probe: Callable[[], torch.Tensor],
+        budget: float,
+        tol: float = 1e-3,
+        max_iter: int = 20,
+    ) -> None:
+        self.params = params
+        self.optimizer = optimizer
+        self.probe = probe
+        self.budget = budget
+        self.tol = tol
+        self.max_iter = max_iter
+        self.urgency = 1.0
+        self.started = time.monotonic()
+        self.spent = 0.0  # seconds of curvature work so far
+        self.last_cost = 0.0
+        self.estimates = 0
+        self.vector: torch.Tensor | None = None
+        self.last_value: float | None = None
+
+    def due(self) -> bool:
+        """Whether one more estimate keeps the curvature share within the budget."""
+        if self.budget <= 0:
+            return False
+        elapsed = time.monotonic() - self.started
+        return self.spent + self.last_cost <= self.budget * self.urgency * elapsed
+
+    def measure(self) -> tuple[SharpnessEstimate, float]:
+        """Run one estimate; returns it and the seconds it took (warm, then cold if needed)."""
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            # Non-convergence is reported in the record (residual, converged); the
+            # training script's output is no place for it.
+            warnings.simplefilter("ignore", NotConvergedWarning)
+            est = self._estimate(self.vector)
+            jumped = self.last_value is not None and abs(est.value - self.last_value) > JUMP * abs(
+                self.last_value
+            )
+            if self.vector is not None and (not est.converged or jumped):
+                est = self._estimate(None)
+        seconds = time.perf_counter() - start
+        self.spent += seconds
+        self.last_cost = seconds
+        self.estimates += 1
+        self.vector = est.vector.detach()
+        self.last_value = est.value
+        return est, seconds
+
+    def _estimate(self, v0: torch.Tensor | None) -> SharpnessEstimate:
+        return sharpness(
+            self.params, self.probe, self.optimizer, v0, tol=self.tol, max_iter=self.max_iter
+        )

@@ -1,0 +1,110 @@
+"""Sharpness measured during training reaches the daemon, within the time budget."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from conftest import metric
+from curvature_problems import make_problem
+
+import edgewatch
+from edgewatch.server import Daemon
+
+
+def test_gd_at_the_edge_reports_sharpness_near_two_over_lr(daemon: Daemon) -> None:
+    problem = make_problem("mse", "eos")  # already at λ ≈ 2/η for η = 0.2
+    optimizer = torch.optim.SGD(problem.model.parameters(), lr=0.2)
+    with edgewatch.attach(
+        optimizer,
+        model=problem.model,
+        job="eos",
+        endpoint=daemon.endpoint,
+        probe=problem.probe,
+        budget=0.5,
+    ) as mon:
+        for _ in range(400):
+            optimizer.zero_grad()
+            loss = problem.probe()
+            loss.backward()
+            optimizer.step()
+            mon.step(loss)
+    assert mon.curvature is not None and mon.curvature.estimates >= 3
+    state = daemon.jobs.get("eos")
+    assert state is not None and state.sharpness is not None and not state.preconditioned
+    optimizer.zero_grad()
+    exact = problem.spectrum()[-1]  # the model after the last step
+    assert state.sharpness == pytest.approx(exact, rel=0.05)
+    ratio = metric(daemon, "edgewatch_stability_ratio", job_id="eos")
+    assert ratio == pytest.approx(state.sharpness * 0.2 / 2, rel=1e-9)
+    assert 0.9 < ratio < 1.1  # the edge
+    assert daemon.store.count("sharpness") == mon.curvature.estimates
+
+
+def test_adam_jobs_report_preconditioned_sharpness_against_38_over_lr(daemon: Daemon) -> None:
+    problem = make_problem("ce", "init")
+    optimizer = torch.optim.Adam(problem.model.parameters(), lr=1e-2)
+    with edgewatch.attach(
+        optimizer,
+        model=problem.model,
+        job="adam",
+        endpoint=daemon.endpoint,
+        probe=problem.probe,
+        budget=0.5,
+    ) as mon:
+        for _ in range(20):
+            optimizer.zero_grad()
+            loss = problem.probe()
+            loss.backward()
+            optimizer.step()
+            mon.step(loss)
+    state = daemon.jobs.get("adam")
+    assert state is not None and state.preconditioned and state.sharpness is not None
+    assert metric(daemon, "edgewatch_stability_threshold", job_id="adam") == pytest.approx(
+        38 / 1e-2
+    )  # noqa: E501
+
+
+def test_curvature_stays_within_its_share_of_wall_time(daemon: Daemon) -> None:
+    problem = make_problem("mse", "init")
+    optimizer = torch.optim.SGD(problem.model.parameters(), lr=0.05)
+    budget = 0.05
+    mon = edgewatch.attach(
+        optimizer,
+        model=problem.model,
+        job="budget",
+        endpoint=daemon.endpoint,
+        probe=problem.probe,
+        budget=budget,
+    )
+    started = time.monotonic()
+    while time.monotonic() - started < 2.0:
+        optimizer.zero_grad()
+        loss = problem.probe()
+        loss.backward()
+        optimizer.step()
+        mon.step(loss)
+    mon.close()
+    schedule = mon.curvature
+    assert schedule is not None and schedule.estimates >= 2
+    elapsed = time.monotonic() - schedule.started
+    assert schedule.spent <= budget * elapsed + schedule.last_cost
+
+
+def test_a_failing_probe_is_counted_and_training_goes_on(daemon: Daemon) -> None:
+    param = torch.zeros(3, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=0.1)
+
+    def broken_probe() -> torch.Tensor:
+        raise RuntimeError("probe batch missing")
+
+    with edgewatch.attach(
+        optimizer, job="broken-probe", endpoint=daemon.endpoint, probe=broken_probe, budget=0.5
+    ) as mon:
+        for _ in range(50):
+            param.grad = torch.ones(3)
+            optimizer.step()
+            mon.step(1.0)
+    assert mon.stats["errors"] >= 1 and mon.stats["steps"] == 50
+    assert daemon.store.count("steps") == 50
