@@ -63,7 +63,7 @@ def test_adam_jobs_report_preconditioned_sharpness_against_38_over_lr(daemon: Da
     assert state is not None and state.preconditioned and state.sharpness is not None
     assert metric(daemon, "edgewatch_stability_threshold", job_id="adam") == pytest.approx(
         38 / 1e-2
-    )  # noqa: E501
+    )
 
 
 def test_curvature_stays_within_its_share_of_wall_time(daemon: Daemon) -> None:
