@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # present in the venv is kept.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench bench-ingest bench-client clean
+.PHONY: demo test lint bench bench-ingest bench-client bench-curvature clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
@@ -28,7 +28,7 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest
 
-bench: bench-ingest bench-client
+bench: bench-ingest bench-client bench-curvature
 
 bench-ingest: $(STAMP)
 	$(PY) bench/ingest.py
@@ -38,3 +38,6 @@ bench-client: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+bench-curvature: $(STAMP)
+	$(PY) bench/curvature.py

@@ -117,9 +117,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     sharp = job["sharpness"]
     if sharp is not None:
         kind = "preconditioned sharpness" if job["preconditioned"] else "sharpness"
+        print(f"  {kind} {_fmt(sharp)} (step {job['sharpness_step']})")
         print(
-            f"  {kind} {_fmt(sharp)} at step {job['sharpness_step']}; threshold "
-            f"{_fmt(job['stability_threshold'])}; ratio {_fmt(job['stability_ratio'])}"
+            f"  stability   threshold {_fmt(job['stability_threshold'])} at the current lr; "
+            f"ratio {_fmt(job['stability_ratio'])} (1.0 is the edge)"
         )
     if steps:
         print(f"\n  last {len(steps)} steps:")
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=cmd_schema)
 
     demo = sub.add_parser("demo", help="daemon + a small training run heading for instability")
-    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--steps", type=int, default=600)
     demo.add_argument("--workdir", default=".demo", help="where the demo database goes")
     demo.set_defaults(func=cmd_demo)
     return parser

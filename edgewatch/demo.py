@@ -2,8 +2,9 @@
 and what edgewatch saw.
 
 The run is a two-layer MLP fitted by full-batch gradient descent whose learning rate
-warms up linearly past the stability edge 2/λ (Cohen et al. 2021): the loss first falls,
-then oscillates and climbs as η·λ crosses 2.
+warms up linearly past the stability edge 2/λ (Cohen et al. 2021): the loss first falls;
+η·λ crosses 2 near step 95, the loss spikes some fifty steps later, and the run diverges
+near the end. edgewatch measures λ throughout and sees the edge crossed before the spike.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from edgewatch.cli import DEFAULT_SERVER, api_get, main
+from edgewatch.monitor.thresholds import threshold_for
+
+LR_START, LR_END = 0.05, 1.0
 
 
 def _free_port() -> int:
@@ -58,12 +63,17 @@ def train(endpoint: str, job: str, steps: int) -> None:
     x = torch.randn(512, 16)
     y = torch.sin(x @ torch.randn(16, 1)) + 0.1 * torch.randn(512, 1)
     model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 + 0.05 * s)  # 0.01 -> 0.16
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR_START)
+    # Linear warmup from 0.05 to 1.0: with sharpness λ ≈ 5, η·λ crosses 2 near step 95.
+    warmup = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 1 + s * (LR_END / LR_START - 1) / steps
+    )
 
     def probe() -> torch.Tensor:
         return torch.nn.functional.mse_loss(model(x), y)
 
+    # A demo lasts seconds, so it gives curvature a larger share of time than the 2%
+    # default, to show a reading every few steps.
     with edgewatch.attach(
         optimizer,
         model=model,
@@ -72,6 +82,7 @@ def train(endpoint: str, job: str, steps: int) -> None:
         probe=probe,
         scheduler=warmup,
         total_steps=steps,
+        budget=0.5,
     ) as mon:
         for step in range(steps):
             loss = torch.nn.functional.mse_loss(model(x), y)
@@ -80,13 +91,59 @@ def train(endpoint: str, job: str, steps: int) -> None:
             warmup.step()
             mon.step(loss)
             optimizer.zero_grad()
-            if step % 50 == 0 or step == steps - 1:
+            if step % 25 == 0 or step == steps - 1:
                 lr = optimizer.param_groups[0]["lr"]
                 print(f"  step {step:4d}  lr {lr:.3f}  loss {loss.item():.4g}")
     print(f"  monitor: {mon.stats}")
 
 
-def run_demo(steps: int = 300, workdir: str = ".demo") -> int:
+def what_edgewatch_saw(server: str, job: str) -> None:
+    """The run as the daemon saw it, step by step: when the live stability ratio (the
+    last sharpness against the threshold at the LR in force, as /metrics reports it)
+    reached 1.0, and when the loss spiked."""
+    quoted = urllib.parse.quote(job, safe="")
+    optimizer = api_get(server, f"/api/jobs/{quoted}")["optimizer"]
+    estimates = api_get(server, f"/api/jobs/{quoted}/sharpness")
+    steps = api_get(server, f"/api/jobs/{quoted}/steps")
+    by_step = {e["step"]: e for e in estimates}
+    sharp, crossed, best, spike = None, None, float("inf"), None
+    for s in steps:
+        sharp = by_step.get(s["step"], sharp)
+        if crossed is None and sharp is not None:
+            ratio = sharp["value"] / threshold_for(optimizer, s["lr"])
+            if ratio >= 1.0:
+                crossed = (s, sharp, ratio)
+        loss = s["loss"]
+        if loss is None or loss >= 2 * best:  # non-finite (stored as null) or doubled
+            spike = s
+            break
+        best = min(best, loss)
+    print(f"  {len(estimates)} sharpness estimates over {len(steps)} steps")
+    if crossed is not None:
+        s, e, ratio = crossed
+        print(
+            f"  step {s['step']}: stability ratio {ratio:.2f} (sharpness {e['value']:.3g} from "
+            f"step {e['step']}, threshold 2/lr = {threshold_for(optimizer, s['lr']):.3g})"
+        )
+    if spike is not None:
+        loss_text = "non-finite" if spike["loss"] is None else f"{spike['loss']:.3g}"
+        print(
+            f"  step {spike['step']}: the loss spiked ({loss_text}, over twice its best {best:.3g})"
+        )
+    if crossed is not None and spike is not None and crossed[0]["step"] < spike["step"]:
+        print(
+            f"  => edgewatch_stability_ratio reached 1.0 {spike['step'] - crossed[0]['step']} "
+            "steps before the loss spiked"
+        )
+    if crossed is not None:
+        s, e, _ = crossed
+        print(
+            f"  there, the largest stable LR at the measured sharpness was "
+            f"2/λ = {2 / e['value']:.3g}; the LR in force was {s['lr']:.3g}"
+        )
+
+
+def run_demo(steps: int = 600, workdir: str = ".demo") -> int:
     Path(workdir).mkdir(parents=True, exist_ok=True)
     db = Path(workdir) / "edgewatch.db"
     for leftover in Path(workdir).glob("edgewatch.db*"):
@@ -116,10 +173,10 @@ def run_demo(steps: int = 300, workdir: str = ".demo") -> int:
     try:
         _wait_healthy(server, daemon)
         job = "demo-mlp-warmup"
-        print(
-            f"\n== training {job!r}: full-batch GD, LR warming up 0.01 -> 0.16 over {steps} steps"
-        )
+        print(f"\n== training {job!r}: full-batch GD, LR warming up {LR_START} -> {LR_END}")
         train(endpoint, job, steps)
+        print("\n== what edgewatch saw")
+        what_edgewatch_saw(server, job)
         print("\n== edgewatch jobs")
         main(["jobs", "--server", server])
         print(f"\n== edgewatch show {job}")

@@ -112,3 +112,38 @@ def test_a_restarted_daemon_receives_what_the_client_resends(tmp_path: Path) -> 
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+def test_a_port_in_use_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flag in ("--bind", "--http"):
+            value = f"tcp://127.0.0.1:{port}" if flag == "--bind" else f"127.0.0.1:{port}"
+            args = [
+                "--bind",
+                f"tcp://127.0.0.1:{free_port()}",
+                "--http",
+                f"127.0.0.1:{free_port()}",
+            ]
+            args[args.index(flag) + 1] = value
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "edgewatch",
+                    "serve",
+                    "--db",
+                    f"sqlite:///{tmp_path / 'x.db'}",
+                    *args,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert result.returncode == 2, result.stderr
+            assert "Traceback" not in result.stderr
+            assert f"Choose another {flag}" in result.stderr

@@ -1,10 +1,12 @@
 """Sharpness during training, on the user's probe, within a share of wall time.
 
-Cadence is set by a time budget, not a step interval: an estimate is started when the
-seconds spent on curvature so far, plus what the last estimate cost, stay within
-``budget`` (default 2%) of the wall time since ``attach``. A cheap model gets many
-estimates; a large one few; neither pays more than its share. ``urgency`` raises the
-share (the daemon asks for it when a job approaches instability).
+Cadence is set by a time budget, not a step interval. Estimates are paced: the next one
+starts once the time since the last one, times ``budget`` (default 2%), covers what an
+estimate costs (a running mean, so one slow estimate does not stall the schedule), and
+only while the seconds spent so far stay within ``budget`` of the wall time since
+``attach``. A cheap model gets many estimates, evenly spread; a large one few; neither
+pays more than its share. ``urgency`` raises the share (for a job approaching
+instability).
 
 Each estimate starts from the previous one's eigenvector (warm start); it is run again
 from a random vector when it did not converge or jumped by more than half, because a
@@ -51,7 +53,10 @@ class CurvatureSchedule:
         self.started = time.monotonic()
         self.spent = 0.0  # seconds of curvature work so far
         self.last_cost = 0.0
-        self.estimates = 0
+        self.mean_cost = 0.0  # running mean of an estimate's seconds
+        self.last_end = self.started
+        self.estimates = 0  # successful ones
+        self.attempts = 0
         self.vector: torch.Tensor | None = None
         self.last_value: float | None = None
 
@@ -59,8 +64,12 @@ class CurvatureSchedule:
         """Whether one more estimate keeps the curvature share within the budget."""
         if self.budget <= 0:
             return False
-        elapsed = time.monotonic() - self.started
-        return self.spent + self.last_cost <= self.budget * self.urgency * elapsed
+        if self.attempts == 0:
+            return True  # the first reading, at once: its cost sets the pace
+        now = time.monotonic()
+        share = self.budget * self.urgency
+        paced = (now - self.last_end) * share >= self.mean_cost
+        return paced and self.spent <= share * (now - self.started)
 
     def measure(self) -> tuple[SharpnessEstimate, float]:
         """Run one estimate; returns it and the seconds it took (warm, then cold if needed)."""
@@ -76,12 +85,19 @@ class CurvatureSchedule:
             if self.vector is not None and (not est.converged or jumped):
                 est = self._estimate(None)
         seconds = time.perf_counter() - start
-        self.spent += seconds
-        self.last_cost = seconds
+        self.charge(seconds)
         self.estimates += 1
         self.vector = est.vector.detach()
         self.last_value = est.value
         return est, seconds
+
+    def charge(self, seconds: float) -> None:
+        """Account for one attempt (a failed one too: a broken probe is not retried each step)."""
+        self.spent += seconds
+        self.last_cost = seconds
+        self.mean_cost = seconds if self.attempts == 0 else 0.7 * self.mean_cost + 0.3 * seconds
+        self.last_end = time.monotonic()
+        self.attempts += 1
 
     def _estimate(self, v0: torch.Tensor | None) -> SharpnessEstimate:
         return sharpness(

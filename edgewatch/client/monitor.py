@@ -147,17 +147,15 @@ class Monitor:
             self._fail("step", exc)
             return
         if self.curvature is not None and self.curvature.due():
-            self._measure_sharpness(number)
+            self._measure_sharpness(number, lrs[0])
 
-    def _measure_sharpness(self, number: int) -> None:
+    def _measure_sharpness(self, number: int, lr: float) -> None:
         assert self.curvature is not None
         started = time.perf_counter()
         try:
             est, seconds = self.curvature.measure()
         except Exception as exc:
-            # A failing probe still counts against the budget: it is not retried every step.
-            self.curvature.last_cost = time.perf_counter() - started
-            self.curvature.spent += self.curvature.last_cost
+            self.curvature.charge(time.perf_counter() - started)
             self._fail("sharpness", exc)
             return
         if self.sender is not None:
@@ -171,6 +169,7 @@ class Monitor:
                 "matvecs": est.matvecs,
                 "residual": est.residual,
                 "seconds": seconds,
+                "lr": float(lr),
             }
             self.sender.put(RecordItem(Sharpness, fields))
 

@@ -97,6 +97,8 @@ class Sharpness(Record, frozen=True, kw_only=True, tag="sharpness"):
     residual: float | None = None
     probe_batch: int | None = None
     seconds: float = 0.0
+    lr: float | None = None
+    """LR in force at ``step`` (first group): the threshold this estimate is judged against."""
 
 
 class Event(Record, frozen=True, kw_only=True, tag="event"):

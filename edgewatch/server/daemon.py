@@ -16,6 +16,7 @@ from typing import Any
 
 import zmq
 
+from edgewatch.errors import ConfigError
 from edgewatch.server.config import Settings
 from edgewatch.server.http import ApiContext, make_http_server, serve_in_thread
 from edgewatch.server.ingest import DaemonCounters, Ingest
@@ -42,7 +43,16 @@ class Daemon:
         self.context: zmq.Context[Any] = zmq.Context()
         self.ingest = Ingest(settings, self.store, self.jobs, self.counters, self.context)
         host, port = settings.http_address()
-        self.http = make_http_server(host, port, ApiContext(self.store, self.jobs, self.registry))
+        try:
+            self.http = make_http_server(
+                host, port, ApiContext(self.store, self.jobs, self.registry)
+            )
+        except OSError as exc:
+            self.ingest.socket.close(linger=0)
+            self.context.term()
+            raise ConfigError(
+                f"cannot serve HTTP on {settings.http}: {exc.strerror}. Choose another --http."
+            ) from exc
         self._stop = threading.Event()
         self._ingest_thread = threading.Thread(
             target=self.ingest.run, args=(self._stop,), name="edgewatch-ingest", daemon=True

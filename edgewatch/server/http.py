@@ -4,7 +4,9 @@
     GET /healthz                         {"status": "ok"|"degraded", "database": bool, ...}
     GET /api/jobs                        every job the daemon knows
     GET /api/jobs/{job_id}               one job, with its optimizer and analysis state
-    GET /api/jobs/{job_id}/steps?start=&end=&limit=   step records in step order
+    GET /api/jobs/{job_id}/steps?start=&end=&limit=       step records in step order
+    GET /api/jobs/{job_id}/sharpness?start=&end=&limit=   sharpness estimates, with the
+                                                          threshold at that step's LR
 
 Only GET and HEAD exist; anything that would change state is refused. To expose the API
 beyond loopback, put it behind a reverse proxy that authenticates (README).
@@ -22,7 +24,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from edgewatch.server.state import JobTable
+from edgewatch.monitor.thresholds import threshold_for
+from edgewatch.server.state import JobState, JobTable
 from edgewatch.server.store import Store
 
 log = logging.getLogger(__name__)
@@ -133,15 +136,28 @@ class Handler(BaseHTTPRequestHandler):
             raise _BadRequest(404, f"unknown job {rest[0]!r}; GET /api/jobs lists the known ones")
         if len(rest) == 1:
             return state.to_api()
-        if rest[1:] == ["steps"]:
+        if rest[1:] in (["steps"], ["sharpness"]):
             limit = _int_param(query, "limit", MAX_STEPS_PER_REQUEST)
             if limit is None or not 0 < limit <= MAX_STEPS_PER_REQUEST:
                 raise _BadRequest(400, f"limit must be in 1..{MAX_STEPS_PER_REQUEST}")
-            steps = ctx.store.steps(
-                state.pk, _int_param(query, "start", None), _int_param(query, "end", None), limit
-            )
-            return [_step_json(r) for r in steps]
+            start, end = _int_param(query, "start", None), _int_param(query, "end", None)
+            if rest[1] == "steps":
+                return [_step_json(r) for r in ctx.store.steps(state.pk, start, end, limit)]
+            return _sharpness_json(state, ctx.store.sharpness(state.pk, start, end, limit))
         raise _BadRequest(404, f"no such endpoint under job {rest[0]!r}: {'/'.join(rest[1:])}")
+
+
+def _sharpness_json(state: JobState, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each estimate with the threshold at the LR it was taken at, and the ratio."""
+    out = []
+    for row in rows:
+        row = {k: v for k, v in row.items() if k != "job_pk"}
+        lr = row.get("lr")
+        threshold = threshold_for(state.optimizer, lr) if lr else None
+        row["stability_threshold"] = threshold
+        row["stability_ratio"] = row["value"] / threshold if threshold else None
+        out.append(row)
+    return out
 
 
 def make_http_server(host: str, port: int, ctx: ApiContext) -> ThreadingHTTPServer:

@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from edgewatch.errors import FrameRejected
+from edgewatch.errors import ConfigError, FrameRejected
 from edgewatch.schemas import (
     Ack,
     Batch,
@@ -117,7 +117,14 @@ class Ingest:
         # as oversized; beyond it ZeroMQ drops the peer before the bytes reach memory.
         self.socket.setsockopt(zmq.MAXMSGSIZE, 2 * settings.max_frame_bytes)
         self.socket.setsockopt(zmq.RCVHWM, 10_000)
-        self.socket.bind(settings.bind)
+        try:
+            self.socket.bind(settings.bind)
+        except zmq.ZMQError as exc:
+            self.socket.close(linger=0)
+            raise ConfigError(
+                f"cannot bind {settings.bind}: {exc.strerror}. Is another `edgewatch serve` "
+                "running there? Choose another --bind."
+            ) from exc
         self.endpoint: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._pending: list[_PendingFrame] = []
         self._pending_rows = 0

@@ -62,7 +62,11 @@ class EdgewatchCollector(Collector):
             "edgewatch_stability_threshold",
             "Sharpness above which the optimizer is unstable at the current LR.",
         )
-        ratio = gauge("edgewatch_stability_ratio", "Sharpness divided by the stability threshold.")
+        ratio = gauge(
+            "edgewatch_stability_ratio",
+            "Last sharpness estimate divided by the stability threshold at the current LR "
+            "(1.0 is the edge; a warmup raises it between estimates).",
+        )
         seen = gauge(
             "edgewatch_last_record_timestamp_seconds", "Client wall time of the newest record."
         )

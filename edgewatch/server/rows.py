@@ -101,6 +101,7 @@ def check_record(
                 and -INF < record.value < INF
                 and record.seconds >= 0
                 and len(record.method) <= 32
+                and (record.lr is None or 0.0 <= record.lr < INF)
             )
         case Event():
             ok = (
@@ -134,20 +135,8 @@ def step_row(pk: int, r: Step) -> tuple[Any, ...]:
 
 
 def sharpness_row(pk: int, r: Sharpness) -> tuple[Any, ...]:
-    return (
-        pk,
-        r.run,
-        r.seq,
-        r.step,
-        r.wall_time,
-        r.value,
-        r.preconditioned,
-        r.method,
-        r.matvecs,
-        r.residual,
-        r.probe_batch,
-        r.seconds,
-    )
+    return (pk, r.run, r.seq, r.step, r.wall_time, r.value, r.preconditioned, r.method,
+            r.matvecs, r.residual, r.probe_batch, r.seconds, r.lr)  # fmt: skip
 
 
 def event_row(pk: int, r: Event) -> tuple[Any, ...]:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from edgewatch.errors import ConfigError
 from edgewatch.schemas import JobEnd, JobStart
 from edgewatch.server.bulk import BulkInsert
-from edgewatch.server.tables import INSERT_COLUMNS, Base, JobRow, StepRow
+from edgewatch.server.tables import INSERT_COLUMNS, Base, JobRow, SharpnessRow, StepRow
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,20 @@ class Store:
     ) -> list[dict[str, Any]]:
         """Step records of a job with ``start <= step <= end``, in step order."""
         t = StepRow.__table__
+        query = select(t).where(t.c.job_pk == job_pk)
+        if start is not None:
+            query = query.where(t.c.step >= start)
+        if end is not None:
+            query = query.where(t.c.step <= end)
+        query = query.order_by(t.c.step, t.c.run, t.c.seq).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def sharpness(
+        self, job_pk: int, start: int | None = None, end: int | None = None, limit: int = 10_000
+    ) -> list[dict[str, Any]]:
+        """Sharpness estimates of a job with ``start <= step <= end``, in step order."""
+        t = SharpnessRow.__table__
         query = select(t).where(t.c.job_pk == job_pk)
         if start is not None:
             query = query.where(t.c.step >= start)

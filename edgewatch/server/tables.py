@@ -88,6 +88,7 @@ class SharpnessRow(_RecordKey, Base):
     residual: Mapped[float | None] = mapped_column(Float, nullable=True)
     probe_batch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    lr: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class EventRow(_RecordKey, Base):
@@ -109,6 +110,7 @@ INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
     "sharpness": (
         *KEY_COLUMNS,
         *("value", "preconditioned", "method", "matvecs", "residual", "probe_batch", "seconds"),
+        "lr",
     ),
     "events": (*KEY_COLUMNS, "kind", "detail"),
 }
