@@ -284,7 +284,7 @@ def main() -> None:
         flush=True,
     )
 
-    steps = 100 if q else 400
+    steps = 100 if q else 1500
     with (
         tempfile.TemporaryDirectory() as tmp,
         daemon_process(f"sqlite:///{Path(tmp) / 'c.db'}") as (endpoint, _),

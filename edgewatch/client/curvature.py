@@ -1,12 +1,14 @@
 """Sharpness during training, on the user's probe, within a share of wall time.
 
-Cadence is set by a time budget, not a step interval. Estimates are paced: the next one
-starts once the time since the last one, times ``budget`` (default 2%), covers what an
-estimate costs (a running mean, so one slow estimate does not stall the schedule), and
-only while the seconds spent so far stay within ``budget`` of the wall time since
-``attach``. A cheap model gets many estimates, evenly spread; a large one few; neither
-pays more than its share. ``urgency`` raises the share (for a job approaching
-instability).
+Cadence is set by a time budget, not a step interval. An estimate starts only when the
+seconds spent on curvature so far plus what it is expected to cost stay within
+``budget`` (default 2%) of the wall time since ``attach``, and when the time since the
+last one, times ``budget``, covers that cost (so estimates are spread out, not bunched
+after a gap). The expected cost is a running mean of past estimates; before the first,
+FIRST_COST_STEPS mean training steps (a cold Lanczos run is ~15 HVPs of ~3 forward+
+backward passes each). The share is thus kept from the first step on: a short run gets
+its first estimate later, a long one many. ``urgency`` raises the share (for a job
+approaching instability).
 
 Each estimate starts from the previous one's eigenvector (warm start); it is run again
 from a random vector when it did not converge or jumped by more than half, because a
@@ -31,6 +33,9 @@ from edgewatch.monitor.curvature import SharpnessEstimate, sharpness
 from edgewatch.monitor.eigen import NotConvergedWarning
 
 JUMP = 0.5  # relative change that makes a warm-started estimate suspect
+FIRST_COST_STEPS = 45  # expected cost of the first (cold) estimate, in training steps
+NEAR_EDGE = 0.8  # stability ratio from which curvature is measured more often
+URGENT = 4.0  # how much more often
 
 
 class CurvatureSchedule:
@@ -55,6 +60,7 @@ class CurvatureSchedule:
         self.last_cost = 0.0
         self.mean_cost = 0.0  # running mean of an estimate's seconds
         self.last_end = self.started
+        self.steps = 0  # training steps seen (due() is asked once per step)
         self.estimates = 0  # successful ones
         self.attempts = 0
         self.vector: torch.Tensor | None = None
@@ -62,14 +68,22 @@ class CurvatureSchedule:
 
     def due(self) -> bool:
         """Whether one more estimate keeps the curvature share within the budget."""
+        self.steps += 1
         if self.budget <= 0:
             return False
-        if self.attempts == 0:
-            return True  # the first reading, at once: its cost sets the pace
         now = time.monotonic()
+        elapsed = now - self.started
+        expected = self.mean_cost
+        if self.attempts == 0:
+            expected = FIRST_COST_STEPS * elapsed / self.steps  # step time as the yardstick
         share = self.budget * self.urgency
-        paced = (now - self.last_end) * share >= self.mean_cost
-        return paced and self.spent <= share * (now - self.started)
+        paced = (now - self.last_end) * share >= expected
+        return paced and self.spent + expected <= share * elapsed
+
+    def follow(self, stability_ratio: float | None) -> None:
+        """Measure URGENT times as often while the daemon sees the job near the edge."""
+        near = stability_ratio is not None and stability_ratio >= NEAR_EDGE
+        self.urgency = URGENT if near else 1.0
 
     def measure(self) -> tuple[SharpnessEstimate, float]:
         """Run one estimate; returns it and the seconds it took (warm, then cold if needed)."""

@@ -146,6 +146,8 @@ class Monitor:
         except Exception as exc:
             self._fail("step", exc)
             return
+        if self.curvature is not None and self.sender is not None:
+            self.curvature.follow(self.sender.stability_ratio)
         if self.curvature is not None and self.curvature.due():
             self._measure_sharpness(number, lrs[0])
 

@@ -103,6 +103,7 @@ class Sender(threading.Thread):
         self.max_inbox = max(4, max_buffered // 64)  # chunks are at most 64 steps
         self.stats = SenderStats()
         self.connected = False
+        self.stability_ratio: float | None = None  # the daemon's view, from its last Ack
         self._seq = 0
         self._next_frame_id = 1
         self._unsent: list[StepChunk | RecordItem] = []  # taken from inbox, values in flight
@@ -300,6 +301,7 @@ class Sender(threading.Thread):
                     # Every record of the frame is taken care of (stored now, stored
                     # before, or applied to the job) except the ones refused.
                     self.stats.acknowledged += frame.records - reply.rejected
+                    self.stability_ratio = reply.stability_ratio
                     self.stats.rejected += reply.rejected
                     if reply.rejected:
                         self._note(

@@ -144,6 +144,9 @@ class Ack(msgspec.Struct, frozen=True, kw_only=True, tag="ack"):
     rejected: int = 0
     """Records refused one by one (see ``reason``); the rest of the frame is stored."""
     reason: str = ""
+    stability_ratio: float | None = None
+    """The job's current sharpness / threshold as the daemon sees it; the client measures
+    curvature more often when it nears 1."""
 
 
 class Nack(msgspec.Struct, frozen=True, kw_only=True, tag="nack"):

@@ -320,6 +320,7 @@ class Ingest:
         oldest = min(p.oldest_wall_time for p in committed)
         self.counters.ingest_lag_seconds = max(0.0, now - oldest)
         self._apply(updates, committed, now)
+        ratios = {s.pk: s.stability_ratio for s in self.jobs.snapshot()}
         for p in committed:
             ack = Ack(
                 frame_id=p.frame_id,
@@ -327,6 +328,7 @@ class Ingest:
                 duplicates=p.write.rows - p.write.stored,
                 rejected=p.rejected,
                 reason=p.reason,
+                stability_ratio=ratios.get(p.write.job_pk),
             )
             self._send(p.identity, ack)
 
