@@ -3,38 +3,60 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
-from conftest import metric
-from curvature_problems import make_problem
+from conftest import http_json, metric
+from curvature_problems import Problem, make_problem
 
 import edgewatch
+from edgewatch.client.curvature import CurvatureSchedule
 from edgewatch.server import Daemon
+
+
+def train_until(
+    problem: Problem,
+    optimizer: torch.optim.Optimizer,
+    daemon: Daemon,
+    job: str,
+    done: Callable[[CurvatureSchedule], bool],
+    budget: float = 0.5,
+    scheduler: Any = None,
+) -> edgewatch.Monitor:
+    """Full-batch training with a monitor until ``done`` (or 20 s: estimates are paced by
+    wall time, so the tests wait for them rather than assume a speed)."""
+    with edgewatch.attach(
+        optimizer,
+        model=problem.model,
+        job=job,
+        endpoint=daemon.endpoint,
+        probe=problem.probe,
+        budget=budget,
+        scheduler=scheduler,
+    ) as mon:
+        assert mon.curvature is not None
+        deadline = time.monotonic() + 20
+        while not done(mon.curvature) and time.monotonic() < deadline:
+            optimizer.zero_grad()
+            loss = problem.probe()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            mon.step(loss)
+    optimizer.zero_grad()
+    return mon
 
 
 def test_gd_at_the_edge_reports_sharpness_near_two_over_lr(daemon: Daemon) -> None:
     problem = make_problem("mse", "eos")  # already at λ ≈ 2/η for η = 0.2
     optimizer = torch.optim.SGD(problem.model.parameters(), lr=0.2)
-    with edgewatch.attach(
-        optimizer,
-        model=problem.model,
-        job="eos",
-        endpoint=daemon.endpoint,
-        probe=problem.probe,
-        budget=0.5,
-    ) as mon:
-        deadline = time.monotonic() + 20  # the test needs estimates, not a step count
-        while mon.curvature.estimates < 3 and time.monotonic() < deadline:  # type: ignore[union-attr]
-            optimizer.zero_grad()
-            loss = problem.probe()
-            loss.backward()
-            optimizer.step()
-            mon.step(loss)
+    mon = train_until(problem, optimizer, daemon, "eos", lambda c: c.estimates >= 3)
     assert mon.curvature is not None and mon.curvature.estimates >= 3
     state = daemon.jobs.get("eos")
     assert state is not None and state.sharpness is not None and not state.preconditioned
-    optimizer.zero_grad()
     exact = problem.spectrum()[-1]  # the model after the last step
     assert state.sharpness == pytest.approx(exact, rel=0.05)
     ratio = metric(daemon, "edgewatch_stability_ratio", job_id="eos")
@@ -46,52 +68,31 @@ def test_gd_at_the_edge_reports_sharpness_near_two_over_lr(daemon: Daemon) -> No
 def test_adam_jobs_report_preconditioned_sharpness_against_38_over_lr(daemon: Daemon) -> None:
     problem = make_problem("ce", "init")
     optimizer = torch.optim.Adam(problem.model.parameters(), lr=1e-2)
-    with edgewatch.attach(
-        optimizer,
-        model=problem.model,
-        job="adam",
-        endpoint=daemon.endpoint,
-        probe=problem.probe,
-        budget=0.5,
-    ) as mon:
-        deadline = time.monotonic() + 20  # the first estimate waits for its budget
-        while mon.curvature.estimates < 1 and time.monotonic() < deadline:  # type: ignore[union-attr]
-            optimizer.zero_grad()
-            loss = problem.probe()
-            loss.backward()
-            optimizer.step()
-            mon.step(loss)
+    train_until(problem, optimizer, daemon, "adam", lambda c: c.estimates >= 1)
     state = daemon.jobs.get("adam")
     assert state is not None and state.preconditioned and state.sharpness is not None
-    assert metric(daemon, "edgewatch_stability_threshold", job_id="adam") == pytest.approx(
-        38 / 1e-2
-    )
+    threshold = metric(daemon, "edgewatch_stability_threshold", job_id="adam")
+    assert threshold == pytest.approx(38 / 1e-2)
 
 
 def test_curvature_stays_within_its_share_of_wall_time(daemon: Daemon) -> None:
     problem = make_problem("mse", "init")
-    optimizer = torch.optim.SGD(problem.model.parameters(), lr=0.005)
-    budget = 0.2  # far from the edge (threshold 2/η = 400): no urgency
-    mon = edgewatch.attach(
+    optimizer = torch.optim.SGD(problem.model.parameters(), lr=0.005)  # far from the edge
+    budget = 0.2
+    started = time.monotonic()
+    mon = train_until(
+        problem,
         optimizer,
-        model=problem.model,
-        job="budget",
-        endpoint=daemon.endpoint,
-        probe=problem.probe,
+        daemon,
+        "budget",
+        lambda c: time.monotonic() - started > 3.0,
         budget=budget,
     )
-    started = time.monotonic()
-    while time.monotonic() - started < 3.0:
-        optimizer.zero_grad()
-        loss = problem.probe()
-        loss.backward()
-        optimizer.step()
-        mon.step(loss)
-    mon.close()
     schedule = mon.curvature
-    assert schedule is not None and schedule.estimates >= 2
+    assert schedule is not None and schedule.estimates >= 2 and schedule.urgency == 1.0
     elapsed = time.monotonic() - schedule.started
-    assert schedule.urgency == 1.0
+    # Each estimate starts only when it fits: at most the budget, plus the last one's
+    # error in its expected cost.
     assert schedule.spent <= budget * elapsed + schedule.last_cost
 
 
@@ -116,27 +117,12 @@ def test_a_failing_probe_is_counted_and_training_goes_on(daemon: Daemon) -> None
 
 
 def test_the_sharpness_api_gives_each_estimate_with_its_threshold(daemon: Daemon) -> None:
-    from conftest import http_json
-
     problem = make_problem("mse", "init")
     optimizer = torch.optim.SGD(problem.model.parameters(), lr=0.05)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 + 0.01 * s)
-    with edgewatch.attach(
-        optimizer,
-        model=problem.model,
-        job="api-sharp",
-        endpoint=daemon.endpoint,
-        probe=problem.probe,
-        budget=0.5,
-    ) as mon:
-        deadline = time.monotonic() + 20
-        while mon.curvature.estimates < 3 and time.monotonic() < deadline:  # type: ignore[union-attr]
-            optimizer.zero_grad()
-            loss = problem.probe()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            mon.step(loss)
+    mon = train_until(
+        problem, optimizer, daemon, "api-sharp", lambda c: c.estimates >= 3, scheduler=scheduler
+    )
     rows = http_json(daemon.http_url + "/api/jobs/api-sharp/sharpness")
     assert len(rows) == mon.curvature.estimates >= 3  # type: ignore[union-attr]
     steps = {s["step"]: s["lr"] for s in http_json(daemon.http_url + "/api/jobs/api-sharp/steps")}
@@ -150,23 +136,7 @@ def test_the_sharpness_api_gives_each_estimate_with_its_threshold(daemon: Daemon
 def test_near_the_edge_the_daemon_asks_for_more_frequent_estimates(daemon: Daemon) -> None:
     problem = make_problem("mse", "eos")  # stability ratio ≈ 1 at η = 0.2
     optimizer = torch.optim.SGD(problem.model.parameters(), lr=0.2)
-    mon = edgewatch.attach(
-        optimizer,
-        model=problem.model,
-        job="urgent",
-        endpoint=daemon.endpoint,
-        probe=problem.probe,
-        budget=0.1,
-    )
-    deadline = time.monotonic() + 20
-    assert mon.curvature is not None
-    while mon.curvature.urgency == 1.0 and time.monotonic() < deadline:
-        optimizer.zero_grad()
-        loss = problem.probe()
-        loss.backward()
-        optimizer.step()
-        mon.step(loss)
-    mon.close()
+    mon = train_until(problem, optimizer, daemon, "urgent", lambda c: c.urgency > 1.0, budget=0.1)
     assert mon.sender is not None and mon.sender.stability_ratio is not None
     assert mon.sender.stability_ratio >= 0.8
-    assert mon.curvature.urgency == 4.0
+    assert mon.curvature is not None and mon.curvature.urgency == 4.0

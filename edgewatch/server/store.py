@@ -176,21 +176,17 @@ class Store:
         self, job_pk: int, start: int | None = None, end: int | None = None, limit: int = 10_000
     ) -> list[dict[str, Any]]:
         """Step records of a job with ``start <= step <= end``, in step order."""
-        t = StepRow.__table__
-        query = select(t).where(t.c.job_pk == job_pk)
-        if start is not None:
-            query = query.where(t.c.step >= start)
-        if end is not None:
-            query = query.where(t.c.step <= end)
-        query = query.order_by(t.c.step, t.c.run, t.c.seq).limit(limit)
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(query)]
+        return self._step_range(StepRow.__table__, job_pk, start, end, limit)
 
     def sharpness(
         self, job_pk: int, start: int | None = None, end: int | None = None, limit: int = 10_000
     ) -> list[dict[str, Any]]:
         """Sharpness estimates of a job with ``start <= step <= end``, in step order."""
-        t = SharpnessRow.__table__
+        return self._step_range(SharpnessRow.__table__, job_pk, start, end, limit)
+
+    def _step_range(
+        self, t: Any, job_pk: int, start: int | None, end: int | None, limit: int
+    ) -> list[dict[str, Any]]:
         query = select(t).where(t.c.job_pk == job_pk)
         if start is not None:
             query = query.where(t.c.step >= start)
