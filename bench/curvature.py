@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -207,46 +206,73 @@ class TinyTransformer(torch.nn.Module):
         return self.head(self.blocks(h, mask=self.mask, is_causal=True))  # (B, T, vocab)
 
 
-def training_run(monitored: bool, steps: int, endpoint: str) -> tuple[float, int]:
-    torch.manual_seed(0)
-    model = TinyTransformer()
-    data = torch.randint(0, 64, (512, 65))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    probe_batch = data[:8]
+class OwnClock:
+    """Time that passes only while the monitored loop runs (for the budget's share)."""
 
-    def loss_on(batch: torch.Tensor) -> torch.Tensor:
-        logits = model(batch[:, :-1])
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.since: float | None = None
+
+    def run(self) -> None:
+        self.since = time.monotonic()
+
+    def pause(self) -> None:
+        assert self.since is not None
+        self.total += time.monotonic() - self.since
+        self.since = None
+
+    def __call__(self) -> float:
+        return self.total + (time.monotonic() - self.since if self.since is not None else 0.0)
+
+
+class TrainingLoop:
+    """The tiny transformer's training, run block by block."""
+
+    def __init__(self, endpoint: str | None) -> None:
+        torch.manual_seed(0)
+        self.model = TinyTransformer()
+        self.data = torch.randint(0, 64, (512, 65))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        self.step_count, self.seconds = 0, 0.0
+        self.clock = OwnClock()
+        self.mon = None
+        if endpoint is not None:
+            probe_batch = self.data[:8]
+            self.mon = edgewatch.attach(
+                self.opt,
+                model=self.model,
+                job=f"overhead-{time.time_ns()}",
+                endpoint=endpoint,
+                probe=lambda: self.loss_on(probe_batch),
+            )
+            assert self.mon.curvature is not None
+            self.mon.curvature.clock = self.clock
+            self.mon.curvature.started = self.mon.curvature.last_end = 0.0
+
+    def loss_on(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.model(batch[:, :-1])  # (B, T, vocab)
         return torch.nn.functional.cross_entropy(logits.reshape(-1, 64), batch[:, 1:].reshape(-1))
 
-    mon = None
-    if monitored:
-        mon = edgewatch.attach(
-            opt,
-            model=model,
-            job=f"overhead-{time.time_ns()}",
-            endpoint=endpoint,
-            probe=lambda: loss_on(probe_batch),
-        )
-    start = time.perf_counter()
-    for step in range(steps):
-        batch = data[(step * 16) % 512 : (step * 16) % 512 + 16]
-        loss = loss_on(batch)
-        loss.backward()
-        opt.step()
-        if mon is not None:
-            mon.step(loss)
-        opt.zero_grad()
-    elapsed = time.perf_counter() - start
-    estimates = 0
-    if mon is not None:
-        estimates = mon.curvature.estimates if mon.curvature else 0
-        mon.close()
-    return elapsed, estimates
+    def block(self, steps: int) -> None:
+        self.clock.run()
+        start = time.perf_counter()
+        for _ in range(steps):
+            i = (self.step_count * 16) % 512
+            self.step_count += 1
+            loss = self.loss_on(self.data[i : i + 16])
+            loss.backward()
+            self.opt.step()
+            if self.mon is not None:
+                self.mon.step(loss)
+            self.opt.zero_grad()
+        self.seconds += time.perf_counter() - start
+        self.clock.pause()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer snapshots and steps")
+    parser.add_argument("--only", choices=["accuracy", "overhead"], help="run one part")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", NotConvergedWarning)
@@ -254,9 +280,19 @@ def main() -> None:
     print(
         header(
             "Curvature: HVPs to 1% error, and training overhead",
-            "make bench-curvature  (bench/curvature.py" + (" --quick)" if q else ")"),
+            "make bench-curvature  (bench/curvature.py"
+            + (" --quick" if q else "")
+            + (f" --only {args.only}" if args.only else "")
+            + ")",
         )
     )
+    if args.only != "overhead":
+        accuracy(q)
+    if args.only != "accuracy":
+        overhead(q)
+
+
+def accuracy(q: bool) -> None:
     print(
         "| problem | method | HVPs to 1%: median | p90 | max | error at stop: median | max | "
         "HVPs at stop: median |"
@@ -284,24 +320,28 @@ def main() -> None:
         flush=True,
     )
 
-    steps = 100 if q else 1500
+
+def overhead(q: bool) -> None:
+    blocks = 20 if q else 300
     with (
         tempfile.TemporaryDirectory() as tmp,
         daemon_process(f"sqlite:///{Path(tmp) / 'c.db'}") as (endpoint, _),
     ):
-        training_run(False, 20, endpoint)  # warm-up
-        bare, monitored, estimates = [], [], []
-        for _ in range(3):
-            bare.append(training_run(False, steps, endpoint)[0])
-            seconds, n = training_run(True, steps, endpoint)
-            monitored.append(seconds)
-            estimates.append(n)
-    b, m = statistics.median(bare), statistics.median(monitored)
+        bare, monitored = TrainingLoop(None), TrainingLoop(endpoint)
+        for _ in range(blocks):  # alternated blocks: both loops see the same machine drift
+            bare.block(20)
+            monitored.block(20)
+        assert monitored.mon is not None and monitored.mon.curvature is not None
+        schedule = monitored.mon.curvature
+        monitored.mon.close()
+    steps = 20 * blocks
     print(
         f"\nOverhead at the default budget (0.02), tiny transformer (2 layers, d=64, context 64, "
-        f"batch 16, AdamW), {steps} steps, 3 alternated runs each: unmonitored {b:.2f} s, "
-        f"monitored {m:.2f} s (median), overhead {100 * (m / b - 1):+.1f}%, "
-        f"{statistics.median(estimates):.0f} sharpness estimates per run."
+        f"batch 16, AdamW, {sum(p.numel() for p in bare.model.parameters()):,} parameters): "
+        f"{steps} steps each, in alternated blocks of 20. Unmonitored {bare.seconds:.1f} s, "
+        f"monitored {monitored.seconds:.1f} s: overhead {100 * (monitored.seconds / bare.seconds - 1):+.1f}%. "  # noqa: E501
+        f"{schedule.estimates} sharpness estimates ({schedule.spent:.2f} s, "
+        f"{100 * schedule.spent / monitored.seconds:.1f}% of the monitored time)."
     )
 
 
