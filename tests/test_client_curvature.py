@@ -24,6 +24,7 @@ def train_until(
     done: Callable[[CurvatureSchedule], bool],
     budget: float = 0.5,
     scheduler: Any = None,
+    **options: Any,
 ) -> edgewatch.Monitor:
     """Full-batch training with a monitor until ``done`` (or 20 s: estimates are paced by
     wall time, so the tests wait for them rather than assume a speed)."""
@@ -35,6 +36,7 @@ def train_until(
         probe=problem.probe,
         budget=budget,
         scheduler=scheduler,
+        **options,
     ) as mon:
         assert mon.curvature is not None
         deadline = time.monotonic() + 20
@@ -121,7 +123,13 @@ def test_the_sharpness_api_gives_each_estimate_with_its_threshold(daemon: Daemon
     optimizer = torch.optim.SGD(problem.model.parameters(), lr=0.05)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 + 0.01 * s)
     mon = train_until(
-        problem, optimizer, daemon, "api-sharp", lambda c: c.estimates >= 3, scheduler=scheduler
+        problem,
+        optimizer,
+        daemon,
+        "api-sharp",
+        lambda c: c.estimates >= 3,
+        scheduler=scheduler,
+        probe_batch=64,
     )
     rows = http_json(daemon.http_url + "/api/jobs/api-sharp/sharpness")
     assert len(rows) == mon.curvature.estimates >= 3  # type: ignore[union-attr]
@@ -131,6 +139,7 @@ def test_the_sharpness_api_gives_each_estimate_with_its_threshold(daemon: Daemon
         assert row["stability_threshold"] == pytest.approx(2 / row["lr"])
         assert row["stability_ratio"] == pytest.approx(row["value"] * row["lr"] / 2)
         assert row["matvecs"] >= 1 and row["residual"] is not None
+        assert row["probe_batch"] == 64 and row["method"] == "lanczos" and row["seconds"] > 0
 
 
 def test_near_the_edge_the_daemon_asks_for_more_frequent_estimates(daemon: Daemon) -> None:

@@ -45,7 +45,18 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 
 class Monitor:
-    """Returned by :func:`attach`: ``step(loss)`` per optimizer step, ``close()`` at the end."""
+    """Returned by :func:`attach`: ``step(loss)`` per optimizer step, ``close()`` at the end.
+
+    Options beyond DESIGN.md's ``attach`` signature (keyword-only, through ``attach``):
+
+    - ``max_buffered`` (200,000): records held for the daemon, sent or not; past it the
+      oldest are dropped and counted (``stats["dropped"]``, reported to the daemon).
+    - ``flush_interval`` (0.2 s): how often the sender thread wakes to frame and send.
+    - ``close_timeout`` (5 s): how long ``close()`` waits for acknowledgements; it returns
+      after ~2 s when no daemon is connected at all.
+    - ``all_ranks`` (False): report from every rank, not only RANK 0.
+    - ``probe_batch``: the probe's batch size, stored with each sharpness estimate.
+    """
 
     def __init__(
         self,
@@ -62,6 +73,7 @@ class Monitor:
         flush_interval: float = 0.2,
         close_timeout: float = 5.0,
         all_ranks: bool = False,
+        probe_batch: int | None = None,
     ) -> None:
         _check_arguments(optimizer, job, endpoint, budget, total_steps)
         self.job = job
@@ -71,6 +83,7 @@ class Monitor:
         self.scheduler = scheduler
         self.budget = budget
         self.close_timeout = close_timeout
+        self.probe_batch = probe_batch  # the probe's batch size, reported with each estimate
         self.errors = 0
         self.closed = False
         self._logged: set[str] = set()
@@ -172,6 +185,7 @@ class Monitor:
                 "residual": est.residual,
                 "seconds": seconds,
                 "lr": float(lr),
+                "probe_batch": self.probe_batch,
             }
             self.sender.put(RecordItem(Sharpness, fields))
 
