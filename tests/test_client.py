@@ -71,7 +71,7 @@ def _chunk(mon: edgewatch.Monitor) -> object:
     from edgewatch.client.readback import pack
     from edgewatch.client.sender import StepChunk
 
-    rows = [(0, time.time(), [0.1], 1.0, 1.0)]
+    rows = [(0, time.time(), [0.1], 1.0, 1.0, None)]
     return StepChunk(rows, pack(rows))
 
 

@@ -56,6 +56,10 @@ class Monitor:
       after ~2 s when no daemon is connected at all.
     - ``all_ranks`` (False): report from every rank, not only RANK 0.
     - ``probe_batch``: the probe's batch size, stored with each sharpness estimate.
+    - ``grad_scaler``: the AMP ``GradScaler``. Its loss scale is recorded with each step
+      (after that step's ``update()``), and a ``mon.step`` without an optimizer step before
+      it (inf/NaN gradients, so the scaler skipped it) becomes a ``skipped_step`` event.
+      Gradient norms are read after ``unscale_``, so they are the true ones.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Monitor:
         close_timeout: float = 5.0,
         all_ranks: bool = False,
         probe_batch: int | None = None,
+        grad_scaler: Any = None,
     ) -> None:
         _check_arguments(optimizer, job, endpoint, budget, total_steps)
         self.job = job
@@ -84,6 +89,7 @@ class Monitor:
         self.budget = budget
         self.close_timeout = close_timeout
         self.probe_batch = probe_batch  # the probe's batch size, reported with each estimate
+        self.grad_scaler = grad_scaler
         self.errors = 0
         self.closed = False
         self._logged: set[str] = set()
@@ -147,18 +153,22 @@ class Monitor:
             elif loss is not None:
                 loss = host_value(loss)
             lrs = self._lrs
-            if lrs is None:  # optimizer.step() was not called (a skipped AMP step, say)
+            skipped = lrs is None and self.grad_scaler is not None
+            if lrs is None:  # optimizer.step() did not run: an AMP skip, or no hook fired
                 lrs = [group["lr"] for group in self.optimizer.param_groups]
+            scale = _loss_scale(self.grad_scaler) if self.grad_scaler is not None else None
             number = self._step if step is None else int(step)
             self._step = number + 1
             rows = self._rows
-            rows.append((number, time.time(), lrs, loss, self._grad_norm))
+            rows.append((number, time.time(), lrs, loss, self._grad_norm, scale))
             self._lrs = self._grad_norm = None
             if len(rows) >= CHUNK_STEPS or time.monotonic() - self._last_ship > CHUNK_SECONDS:
                 self._ship()
         except Exception as exc:
             self._fail("step", exc)
             return
+        if skipped:  # inf/NaN gradients: the scaler's business, not divergence
+            self.event("skipped_step", "GradScaler skipped the optimizer step", step=number)
         if self.curvature is not None and self.sender is not None:
             self.curvature.follow(self.sender.stability_ratio)
         if self.curvature is not None and self.curvature.due():
@@ -273,6 +283,14 @@ class Monitor:
                 where,
                 exc,
             )
+
+
+def _loss_scale(scaler: Any) -> Value:
+    """The scaler's current scale without a sync: its scale tensor, read back later."""
+    scale = getattr(scaler, "_scale", None)  # torch.amp.GradScaler keeps it on the device
+    if isinstance(scale, torch.Tensor):
+        return host_value(scale)
+    return float(scaler.get_scale()) if hasattr(scaler, "get_scale") else None
 
 
 def _check_arguments(

@@ -16,8 +16,11 @@ from typing import Any
 import torch
 
 Value = torch.Tensor | float | int | None
-Row = tuple[int, float, list[Any], Value, Value]
-"""One step as the training thread keeps it: step, wall time, group LRs, loss, grad norm."""
+Row = tuple[int, float, list[Any], Value, Value, Value]
+"""One step as the training thread keeps it: step, wall time, group LRs, loss, grad norm,
+loss scale."""
+
+VALUES_PER_ROW = 3  # loss, grad norm, loss scale: the device values of a row
 
 
 @dataclasses.dataclass
@@ -69,12 +72,11 @@ def host_value(value: Any) -> Value:
 def pack(rows: list[Row]) -> Packed:
     """Start moving a chunk's CUDA values to the host; runs on the training thread.
 
-    ``values`` of the result are [loss, grad norm] per row, flattened.
+    ``values`` of the result are [loss, grad norm, loss scale] per row, flattened.
     """
     values: list[Value] = []
     for row in rows:
-        values.append(row[3])
-        values.append(row[4])
+        values.extend(row[3:])
     slots = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor) and v.is_cuda]
     if not slots:
         return Packed(values, device_left=any(isinstance(v, torch.Tensor) for v in values))

@@ -36,9 +36,9 @@ CONNECT_GRACE = 2.0
 class StepChunk:
     """Steps shipped together by the training thread.
 
-    ``rows`` as the monitor keeps them; ``packed`` holds the loss and gradient norm of
-    each step as floats, interleaved: [loss0, norm0, loss1, norm1, ...] (device values
-    read back once ``packed.ready()``).
+    ``rows`` as the monitor keeps them; ``packed`` holds the loss, gradient norm and loss
+    scale of each step as floats, interleaved: [loss0, norm0, scale0, loss1, ...]
+    (device values read back once ``packed.ready()``).
     """
 
     rows: list[Row]
@@ -222,8 +222,8 @@ class Sender(threading.Thread):
         job, run, seq = self.job, self.run_id, self._seq
         self._seq += len(chunk.rows)
         steps = []
-        for (step, wall_time, lrs, _, _), loss, grad_norm in zip(
-            chunk.rows, values[0::2], values[1::2], strict=True
+        for (step, wall_time, lrs, *_), loss, grad_norm, loss_scale in zip(
+            chunk.rows, values[0::3], values[1::3], values[2::3], strict=True
         ):
             seq += 1
             lrs = [float(lr) for lr in lrs] if len(lrs) > 1 else [float(lrs[0])]
@@ -239,6 +239,7 @@ class Sender(threading.Thread):
                     group_lrs=group_lrs,
                     loss=loss,
                     grad_norm=grad_norm,
+                    loss_scale=loss_scale,
                 )
             )
         return steps
