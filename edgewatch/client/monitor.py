@@ -60,6 +60,9 @@ class Monitor:
       (after that step's ``update()``), and a ``mon.step`` without an optimizer step before
       it (inf/NaN gradients, so the scaler skipped it) becomes a ``skipped_step`` event.
       Gradient norms are read after ``unscale_``, so they are the true ones.
+    - ``hook_grad_norm`` (True): whether the optimizer hook computes the gradient norm;
+      integrations that measure it themselves (before clipping) turn it off and pass
+      ``mon.step(loss, grad_norm=...)``.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class Monitor:
         all_ranks: bool = False,
         probe_batch: int | None = None,
         grad_scaler: Any = None,
+        hook_grad_norm: bool = True,
     ) -> None:
         _check_arguments(optimizer, job, endpoint, budget, total_steps)
         self.job = job
@@ -90,6 +94,7 @@ class Monitor:
         self.close_timeout = close_timeout
         self.probe_batch = probe_batch  # the probe's batch size, reported with each estimate
         self.grad_scaler = grad_scaler
+        self.hook_grad_norm = hook_grad_norm
         self.errors = 0
         self.closed = False
         self._logged: set[str] = set()
@@ -137,12 +142,23 @@ class Monitor:
             return
         try:
             self._lrs = [group["lr"] for group in optimizer.param_groups]
-            self._grad_norm = host_value(global_grad_norm(self._params, self._one_group))
+            if self.hook_grad_norm:
+                self._grad_norm = host_value(global_grad_norm(self._params, self._one_group))
         except Exception as exc:
             self._fail("hook", exc)
 
-    def step(self, loss: torch.Tensor | float | None = None, *, step: int | None = None) -> None:
-        """Record the optimizer step just taken. Never blocks, never raises."""
+    def step(
+        self,
+        loss: torch.Tensor | float | None = None,
+        *,
+        step: int | None = None,
+        grad_norm: torch.Tensor | float | None = None,
+    ) -> None:
+        """Record the optimizer step just taken. Never blocks, never raises.
+
+        ``grad_norm``: a norm measured by the caller (an integration that reads it before
+        gradient clipping), used instead of the one the optimizer hook took.
+        """
         if self._off:
             return
         # Kept short on purpose: inside a real loop, with caches cold from the forward
@@ -160,7 +176,8 @@ class Monitor:
             number = self._step if step is None else int(step)
             self._step = number + 1
             rows = self._rows
-            rows.append((number, time.time(), lrs, loss, self._grad_norm, scale))
+            norm = self._grad_norm if grad_norm is None else host_value(grad_norm)
+            rows.append((number, time.time(), lrs, loss, norm, scale))
             self._lrs = self._grad_norm = None
             if len(rows) >= CHUNK_STEPS or time.monotonic() - self._last_ship > CHUNK_SECONDS:
                 self._ship()
