@@ -52,6 +52,9 @@ def test_amp_skipped_steps_are_events_with_the_loss_scale_and_true_grad_norms(
     assert [tuple(e) for e in events] == [(4, "skipped_step"), (9, "skipped_step")]
 
 
+STEPS = 80  # enough for the first sharpness estimate's budget to accrue
+
+
 def _ddp_rank(rank: int, world: int, port: int, endpoint: str, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group(
@@ -62,15 +65,26 @@ def _ddp_rank(rank: int, world: int, port: int, endpoint: str, out: str) -> None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     data = torch.Generator().manual_seed(rank)  # each rank sees different data
     norms = []
-    with edgewatch.attach(optimizer, model=model, job="ddp", endpoint=endpoint) as mon:
-        for _ in range(15):
+    probe_x = torch.randn(16, 4, generator=torch.Generator().manual_seed(99))
+    with edgewatch.attach(
+        optimizer,
+        model=model,
+        job="ddp",
+        endpoint=endpoint,
+        budget=0.9,
+        probe=lambda: model.module(probe_x).pow(2).mean(),
+    ) as mon:
+        for _ in range(STEPS):
             loss = model(torch.randn(8, 4, generator=data)).pow(2).mean()
             loss.backward()  # DDP averages the gradients over the ranks here
             norms.append(math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters())))
             optimizer.step()
             mon.step(loss)
             optimizer.zero_grad()
-    Path(out, f"rank{rank}.json").write_text(json.dumps({"norms": norms, "enabled": mon.enabled}))
+    estimates = mon.curvature.estimates if mon.curvature else 0
+    Path(out, f"rank{rank}.json").write_text(
+        json.dumps({"norms": norms, "enabled": mon.enabled, "estimates": estimates})
+    )
     dist.destroy_process_group()
 
 
@@ -83,7 +97,10 @@ def test_under_ddp_only_rank_zero_reports_the_global_gradient_norm(
     assert [r["enabled"] for r in ranks] == [True, False]
     assert ranks[0]["norms"] == pytest.approx(ranks[1]["norms"])  # averaged: the same everywhere
     job = daemon.jobs.get("ddp")
-    assert job is not None and job.world_size == 2 and job.records == 15
+    assert job is not None and job.world_size == 2
+    assert ranks[0]["estimates"] >= 1 and ranks[1]["estimates"] == 0  # curvature on rank 0 only
+    assert job.records == STEPS + ranks[0]["estimates"]  # steps and sharpness estimates
+    assert job.sharpness is not None and job.sharpness > 0
     stored = [s["grad_norm"] for s in daemon.store.steps(job.pk)]
     assert stored == pytest.approx(ranks[0]["norms"], rel=1e-5)
     assert len(daemon.jobs.snapshot()) == 1  # rank 1 sent nothing

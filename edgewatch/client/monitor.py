@@ -113,9 +113,14 @@ class Monitor:
         self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
         self.curvature: CurvatureSchedule | None = None
         if probe is not None and self.enabled:
-            self.curvature = CurvatureSchedule(
-                model if model is not None else self._params, optimizer, probe, budget
-            )
+            # Under DDP the sharpness is that of the local replica: HVPs on model.module,
+            # whose forward issues no collective (DDP's would wait for the other ranks).
+            target: torch.nn.Module | list[torch.Tensor] = self._params
+            if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+                target = model.module
+            elif model is not None:
+                target = model
+            self.curvature = CurvatureSchedule(target, optimizer, probe, budget)
         self.sender: Sender | None = None
         if self.enabled:
             start = dict(
