@@ -319,8 +319,7 @@ class Ingest:
         self.counters.commits += 1
         oldest = min(p.oldest_wall_time for p in committed)
         self.counters.ingest_lag_seconds = max(0.0, now - oldest)
-        self._apply(updates, committed, now)
-        ratios = {s.pk: s.stability_ratio for s in self.jobs.snapshot()}
+        states = self._apply(updates, committed, now)
         for p in committed:
             ack = Ack(
                 frame_id=p.frame_id,
@@ -328,21 +327,26 @@ class Ingest:
                 duplicates=p.write.rows - p.write.stored,
                 rejected=p.rejected,
                 reason=p.reason,
-                stability_ratio=ratios.get(p.write.job_pk),
+                stability_ratio=states[p.write.job_pk].stability_ratio
+                if p.write.job_pk in states
+                else None,
             )
             self._send(p.identity, ack)
 
     def _apply(
         self, updates: dict[int, _JobUpdate], pending: list[_PendingFrame], now: float
-    ) -> None:
+    ) -> dict[int, JobState]:
+        """Bring the committed values into the job table; returns the updated states."""
         stored_by_job: Counter[int] = Counter()
         for p in pending:
             stored_by_job[p.write.job_pk] += p.write.stored
         by_pk = {s.pk: s for s in self.jobs.snapshot()}
+        updated: dict[int, JobState] = {}
         for pk, u in updates.items():
             state = by_pk.get(pk)
             if state is None:
                 continue
+            updated[pk] = state
             state.records += stored_by_job[pk]
             state.received_at = now
             state.last_seen = max(state.last_seen, u.last_seen)
@@ -356,6 +360,7 @@ class Ingest:
             if u.end is not None:
                 state.status, state.ended_at = u.end.status, u.end.wall_time
             self.jobs.put(state)
+        return updated
 
     def _send(self, identity: bytes, message: Ack | Nack) -> None:
         # A client gone or not reading misses its Ack; it resends and gets a duplicate Ack.
