@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-stamp
+BASE   := $(VENV)/.installed-base
+DEV    := $(VENV)/.installed-dev
 # A CPU build that installs from local disk on our machines; any torch already
 # present in the venv is kept.
 TORCH  ?= torch==2.13.0
@@ -12,15 +13,21 @@ TORCH  ?= torch==2.13.0
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
 
-$(STAMP): pyproject.toml | $(PY)
+# The demo needs the package and torch; tests and benchmarks also the dev tools and the
+# frameworks the integrations are tested against.
+$(BASE): pyproject.toml | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+$(DEV): $(BASE)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(PY) -m edgewatch demo
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(VENV)/bin/ruff check edgewatch tests bench
 	$(VENV)/bin/ruff format --check edgewatch tests bench
 	$(VENV)/bin/mypy
@@ -30,14 +37,14 @@ test: lint
 
 bench: bench-ingest bench-client bench-curvature
 
-bench-ingest: $(STAMP)
+bench-ingest: $(DEV)
 	$(PY) bench/ingest.py
 
-bench-client: $(STAMP)
+bench-client: $(DEV)
 	$(PY) bench/client_overhead.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-bench-curvature: $(STAMP)
+bench-curvature: $(DEV)
 	$(PY) bench/curvature.py
