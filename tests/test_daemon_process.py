@@ -14,35 +14,17 @@ from conftest import free_port, http_json
 from toy import run_toy
 
 import edgewatch
+from edgewatch.server.process import spawn_daemon, wait_healthy
 
 
 def start_daemon(db: str, port: int, http_port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:  # a file, not a pipe nobody reads: the daemon never blocks
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edgewatch",
-                "serve",
-                "--db",
-                db,
-                "--bind",
-                f"tcp://127.0.0.1:{port}",
-                "--http",
-                f"127.0.0.1:{http_port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            http_json(f"http://127.0.0.1:{http_port}/healthz")
-            return proc
-        except OSError:
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.1)
-    raise AssertionError("daemon did not become healthy")
+        proc = spawn_daemon(db, f"tcp://127.0.0.1:{port}", f"127.0.0.1:{http_port}", stdout=out)
+    try:
+        wait_healthy(f"http://127.0.0.1:{http_port}", proc)
+    except RuntimeError as exc:
+        raise AssertionError(f"{exc}\n{log.read_text()}") from None
+    return proc
 
 
 def test_sigterm_mid_stream_exits_zero_with_everything_acknowledged_committed(
@@ -59,7 +41,15 @@ def test_sigterm_mid_stream_exits_zero_with_everything_acknowledged_committed(
 
     trainer = threading.Thread(target=train)
     trainer.start()
-    time.sleep(1.5)  # mid-stream
+    # Mid-stream by condition, not by a guess of timing: once the daemon has committed
+    # some steps (the client needs a while to import and connect), and long before the
+    # 60,000 are through.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        jobs = http_json(f"http://127.0.0.1:{http_port}/api/jobs")
+        if jobs and jobs[0]["records"] >= 1000:
+            break
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     status = proc.wait(timeout=10)
