@@ -6,15 +6,13 @@ import datetime
 import os
 import platform
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlalchemy
+
+from edgewatch.server.process import spawn_daemon, wait_healthy
 
 PG_ADMIN_URL = os.environ.get(
     "EDGEWATCH_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -49,34 +47,13 @@ def daemon_process(db_url: str, **flags: str) -> Iterator[tuple[str, str]]:
     """``edgewatch serve`` in its own process; yields (zmq endpoint, http url)."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     http_port = free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "edgewatch",
-        "serve",
-        "--db",
-        db_url,
-        "--bind",
-        endpoint,
-        "--http",
-        f"127.0.0.1:{http_port}",
-        "--log-level",
-        "WARNING",
-    ]
+    args: tuple[str, ...] = ("--log-level", "WARNING")
     for key, value in flags.items():
-        args += [f"--{key.replace('_', '-')}", value]
-    proc = subprocess.Popen(args)
+        args += (f"--{key.replace('_', '-')}", value)
+    proc = spawn_daemon(db_url, endpoint, f"127.0.0.1:{http_port}", args=args)
     url = f"http://127.0.0.1:{http_port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("daemon did not start") from None
-                time.sleep(0.1)
+        wait_healthy(url, proc)
         yield endpoint, url
     finally:
         proc.terminate()

@@ -9,18 +9,16 @@ near the end. edgewatch measures λ throughout and sees the edge crossed before 
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from edgewatch.cli import DEFAULT_SERVER, api_get, main
 from edgewatch.monitor.thresholds import threshold_for
+from edgewatch.server.process import spawn_daemon, wait_healthy
 
 LR_START, LR_END = 0.05, 1.0
 
@@ -39,19 +37,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _wait_healthy(url: str, daemon: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if daemon.poll() is not None:
-            raise RuntimeError(f"the daemon exited early with status {daemon.returncode}")
-        try:
-            api_get(url, "/healthz", timeout=1.0)
-            return
-        except Exception:
-            time.sleep(0.2)
-    raise RuntimeError(f"the daemon did not answer on {url} within {timeout:.0f}s")
 
 
 def train(endpoint: str, job: str, steps: int) -> None:
@@ -158,25 +143,11 @@ def run_demo(steps: int = 600, workdir: str = ".demo") -> int:
     endpoint = f"tcp://127.0.0.1:{zmq_port}"
     server = DEFAULT_SERVER if http_port == 9108 else f"http://127.0.0.1:{http_port}"
     print(f"== starting the daemon: ZeroMQ {endpoint}, HTTP {server}, SQLite {db}")
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgewatch",
-            "serve",
-            "--db",
-            f"sqlite:///{db}",
-            "--bind",
-            endpoint,
-            "--http",
-            f"127.0.0.1:{http_port}",
-            "--log-level",
-            "WARNING",
-        ],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    daemon = spawn_daemon(
+        f"sqlite:///{db}", endpoint, f"127.0.0.1:{http_port}", args=("--log-level", "WARNING")
     )
     try:
-        _wait_healthy(server, daemon)
+        wait_healthy(server, daemon)
         job = "demo-mlp-warmup"
         print(f"\n== training {job!r}: full-batch GD, LR warming up {LR_START} -> {LR_END}")
         train(endpoint, job, steps)

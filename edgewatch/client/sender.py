@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from edgewatch.client.readback import Packed, Row
+from edgewatch.client.readback import VALUES_PER_ROW, Packed, Row
 from edgewatch.schemas import Ack, AnyRecord, Batch, JobStart, Nack, Step, decode_reply, encode
 
 log = logging.getLogger("edgewatch.client")
@@ -223,10 +223,10 @@ class Sender(threading.Thread):
         self._seq += len(chunk.rows)
         steps = []
         for (step, wall_time, lrs, *_), loss, grad_norm, loss_scale in zip(
-            chunk.rows, values[0::3], values[1::3], values[2::3], strict=True
+            chunk.rows, *(values[i::VALUES_PER_ROW] for i in range(VALUES_PER_ROW)), strict=True
         ):
             seq += 1
-            lrs = [float(lr) for lr in lrs] if len(lrs) > 1 else [float(lrs[0])]
+            lrs = [float(lr) for lr in lrs]  # group LRs may be tensors (capturable optimizers)
             group_lrs = lrs if len(lrs) > 1 and lrs.count(lrs[0]) != len(lrs) else None
             steps.append(
                 Step(

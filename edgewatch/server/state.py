@@ -131,7 +131,3 @@ class JobTable:
     def __len__(self) -> int:
         with self._lock:
             return len(self._jobs)
-
-    def locked(self) -> threading.Lock:
-        """The lock the ingest thread holds while it applies one commit."""
-        return self._lock
