@@ -31,7 +31,8 @@ from edgewatch.client.capture import (
 )
 from edgewatch.client.curvature import CurvatureSchedule
 from edgewatch.client.readback import Row, Value, host_value, pack
-from edgewatch.client.sender import RecordItem, Sender, StepChunk
+from edgewatch.client.schedule import PlanSource
+from edgewatch.client.sender import PlanItem, RecordItem, Sender, StepChunk
 from edgewatch.schemas import Event, JobEnd, Sharpness
 
 log = logging.getLogger("edgewatch.client")
@@ -60,6 +61,9 @@ class Monitor:
       (after that step's ``update()``), and a ``mon.step`` without an optimizer step before
       it (inf/NaN gradients, so the scaler skipped it) becomes a ``skipped_step`` event.
       Gradient norms are read after ``unscale_``, so they are the true ones.
+    - ``scheduler``: a torch LR scheduler, or a function step -> LR. The planned LR of the
+      coming steps (``client/schedule.py``) goes to the daemon at the first step and
+      whenever the LR leaves the plan, so that warmups and scheduled jumps are forecast.
     - ``hook_grad_norm`` (True): whether the optimizer hook computes the gradient norm;
       integrations that measure it themselves (before clipping) turn it off and pass
       ``mon.step(loss, grad_norm=...)``.
@@ -90,6 +94,7 @@ class Monitor:
         self.model = model
         self.probe = probe
         self.scheduler = scheduler
+        self._plans = PlanSource.create(scheduler, optimizer)  # the LR plan, looked ahead
         self.budget = budget
         self.close_timeout = close_timeout
         self.probe_batch = probe_batch  # the probe's batch size, reported with each estimate
@@ -189,6 +194,8 @@ class Monitor:
         except Exception as exc:
             self._fail("step", exc)
             return
+        if self._plans is not None and self.sender is not None and self.sender.replan_wanted:
+            self._send_plan(number + 1)
         if skipped:  # inf/NaN gradients: the scaler's business, not divergence
             self.event("skipped_step", "GradScaler skipped the optimizer step", step=number)
         if self.curvature is not None and self.sender is not None:
@@ -220,6 +227,19 @@ class Monitor:
                 "probe_batch": self.probe_batch,
             }
             self.sender.put(RecordItem(Sharpness, fields))
+
+    def _send_plan(self, first_step: int) -> None:
+        """Snapshot the schedule from the next step on; the sender steps it ahead."""
+        assert self._plans is not None and self.sender is not None
+        self.sender.replan_wanted = False
+        try:
+            lookahead = self._plans.snapshot(first_step)
+        except Exception as exc:
+            self._plans = None  # a schedule that cannot be copied will not copy next time
+            self._fail("plan", exc)
+            return
+        self._ship()
+        self.sender.put(PlanItem(lookahead))
 
     def _ship(self) -> None:
         if self._rows and self.sender is not None:

@@ -18,17 +18,31 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
 import zmq
 
 from edgewatch.client.readback import VALUES_PER_ROW, Packed, Row
-from edgewatch.schemas import Ack, AnyRecord, Batch, JobStart, Nack, Step, decode_reply, encode
+from edgewatch.client.schedule import REPLAN_BEFORE_END, Lookahead
+from edgewatch.monitor.plan import LRPlan, compress
+from edgewatch.schemas import (
+    Ack,
+    AnyRecord,
+    Batch,
+    Event,
+    JobStart,
+    Nack,
+    Plan,
+    Step,
+    decode_reply,
+    encode,
+)
 
 log = logging.getLogger("edgewatch.client")
 
 MAX_FRAME_RECORDS = 4096
+INF = float("inf")
 CONNECT_GRACE = 2.0
 
 
@@ -53,8 +67,18 @@ class RecordItem:
     fields: dict[str, Any]
 
 
-def _ready(item: StepChunk | RecordItem) -> bool:
-    return isinstance(item, RecordItem) or item.packed.ready()
+@dataclasses.dataclass
+class PlanItem:
+    """A snapshot of the LR schedule, stepped ahead here into a Plan record."""
+
+    lookahead: Lookahead
+
+
+Item: TypeAlias = StepChunk | RecordItem | PlanItem
+
+
+def _ready(item: Item) -> bool:
+    return not isinstance(item, StepChunk) or item.packed.ready()
 
 
 @dataclasses.dataclass
@@ -99,14 +123,16 @@ class Sender(threading.Thread):
         self.max_buffered = max_buffered
         self.flush_interval = flush_interval
         self.resend_after = resend_after
-        self.inbox: collections.deque[StepChunk | RecordItem] = collections.deque()
+        self.inbox: collections.deque[Item] = collections.deque()
         self.max_inbox = max(4, max_buffered // 64)  # chunks are at most 64 steps
         self.stats = SenderStats()
         self.connected = False
         self.stability_ratio: float | None = None  # the daemon's view, from its last Ack
+        self.plan: LRPlan | None = None  # the LR plan sent last
+        self.replan_wanted = True  # read by the training thread: send a (new) plan
         self._seq = 0
         self._next_frame_id = 1
-        self._unsent: list[StepChunk | RecordItem] = []  # taken from inbox, values in flight
+        self._unsent: list[Item] = []  # taken from inbox, values in flight
         self._frames: collections.OrderedDict[int, _Frame] = collections.OrderedDict()
         self._buffered = 0  # records in _frames
         self._finishing = threading.Event()
@@ -116,7 +142,7 @@ class Sender(threading.Thread):
 
     # -- training thread side ---------------------------------------------------------
 
-    def put(self, item: StepChunk | RecordItem) -> None:
+    def put(self, item: Item) -> None:
         """Never blocks. When the sender falls behind, the oldest chunk goes, counted."""
         if len(self.inbox) >= self.max_inbox:
             try:
@@ -200,8 +226,11 @@ class Sender(threading.Thread):
             item = self._unsent.pop(0)
             if isinstance(item, RecordItem):
                 records.append(self._record(item))
+            elif isinstance(item, PlanItem):
+                records.append(self._plan(item.lookahead))
             else:
                 records.extend(self._steps(item))
+                self._check_plan(item.rows[-1])
             if len(records) >= MAX_FRAME_RECORDS:
                 self._add_frame(records)
                 records = []
@@ -215,13 +244,36 @@ class Sender(threading.Thread):
     def _record(self, item: RecordItem) -> AnyRecord:
         return item.kind(job=self.job, run=self.run_id, seq=self._next_seq(), **item.fields)
 
-    def _steps(self, chunk: StepChunk) -> list[Step]:
+    def _plan(self, lookahead: Lookahead) -> Plan:
+        plan = compress(lookahead.first_step, lookahead.lrs())
+        self.plan = plan
+        return Plan(
+            job=self.job,
+            run=self.run_id,
+            seq=self._next_seq(),
+            step=lookahead.first_step,
+            wall_time=time.time(),
+            steps=list(plan.steps),
+            lrs=list(plan.lrs),
+            source=lookahead.source,
+        )
+
+    def _check_plan(self, row: Row) -> None:
+        """Ask for a new plan when the LR has left this one or it is running out."""
+        plan, step, lr = self.plan, row[0], float(row[2][0])
+        if plan is None or self.replan_wanted:
+            return
+        expected = plan.at(step)
+        if step >= plan.end - REPLAN_BEFORE_END or abs(lr - expected) > 1e-3 * abs(expected):
+            self.replan_wanted = True
+
+    def _steps(self, chunk: StepChunk) -> list[AnyRecord]:
         # This loop is the sender's per-record cost (CPU the training thread may wait
         # for, through the GIL): locals, no helper calls.
         values = chunk.packed.floats()
         job, run, seq = self.job, self.run_id, self._seq
         self._seq += len(chunk.rows)
-        steps = []
+        steps: list[AnyRecord] = []
         for (step, wall_time, lrs, *_), loss, grad_norm, loss_scale in zip(
             chunk.rows, *(values[i::VALUES_PER_ROW] for i in range(VALUES_PER_ROW)), strict=True
         ):
@@ -242,6 +294,20 @@ class Sender(threading.Thread):
                     loss_scale=loss_scale,
                 )
             )
+            if not (loss is None or -INF < loss < INF) or not (
+                grad_norm is None or grad_norm < INF
+            ):
+                # A stored NaN may come back as NULL (SQLite): the event keeps the fact.
+                seq += 1
+                self._seq += 1
+                kind = (
+                    "nonfinite_loss"
+                    if not (loss is None or -INF < loss < INF)
+                    else ("nonfinite_grad_norm")
+                )
+                steps.append(
+                    Event(job=job, run=run, seq=seq, step=step, wall_time=wall_time, kind=kind)
+                )
         return steps
 
     def _add_frame(self, records: list[AnyRecord], sticky: bool = False) -> None:

@@ -24,8 +24,9 @@ from typing import Literal, TypeAlias
 
 import msgspec
 
-PROTOCOL_VERSION = 1
-SUPPORTED_PROTOCOLS = frozenset({1})
+PROTOCOL_VERSION = 2
+"""2 added the ``lr_plan`` record; a version-1 client's frames are still accepted."""
+SUPPORTED_PROTOCOLS = frozenset({1, 2})
 
 
 class Record(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -118,7 +119,20 @@ class JobEnd(Record, frozen=True, kw_only=True, tag="job_end"):
     status: Literal["finished", "failed", "interrupted"] = "finished"
 
 
-AnyRecord: TypeAlias = JobStart | Step | Sharpness | Event | JobEnd
+class Plan(Record, frozen=True, kw_only=True, tag="lr_plan"):
+    """The LR the scheduler will set (first group) from ``step`` on, as knots with straight
+    lines between them (``edgewatch.monitor.plan``). Sent at the first step and again when
+    the LR leaves the plan or the plan runs out; the newest plan replaces the others."""
+
+    step: int
+    wall_time: float
+    steps: list[int]
+    lrs: list[float]
+    source: str = ""
+    """What the plan came from: the scheduler's class name, or ``function``."""
+
+
+AnyRecord: TypeAlias = JobStart | Step | Sharpness | Event | JobEnd | Plan
 
 
 class Batch(msgspec.Struct, frozen=True, kw_only=True, tag="batch"):

@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 
 from edgewatch.errors import ConfigError
+from edgewatch.server.analysis import rebuild
 from edgewatch.server.config import Settings
 from edgewatch.server.http import ApiContext, make_http_server, serve_in_thread
 from edgewatch.server.ingest import DaemonCounters, Ingest
@@ -42,6 +43,7 @@ class Daemon:
         self.registry = make_registry(self.jobs, self.counters, settings.job_expiry)
         self.context: zmq.Context[Any] = zmq.Context()
         self.ingest = Ingest(settings, self.store, self.jobs, self.counters, self.context)
+        self._rebuild_analyses()
         host, port = settings.http_address()
         try:
             self.http = make_http_server(
@@ -57,6 +59,21 @@ class Daemon:
         self._ingest_thread = threading.Thread(
             target=self.ingest.run, args=(self._stop,), name="edgewatch-ingest", daemon=True
         )
+
+    def _rebuild_analyses(self) -> None:
+        """Replay the stored records of every running job, so that its forecast goes on
+        where it stopped (DESIGN.md: the analysis state is rebuilt from the database)."""
+        for state in self.jobs.snapshot():
+            if state.status != "running":
+                continue
+            analysis = rebuild(self.store, state.pk, state.run, state.optimizer)
+            self.ingest.analyses[state.pk] = analysis
+            state.lr = analysis.forecast.lr
+            if analysis.forecast.estimates:
+                state.sharpness = analysis.forecast.estimates[-1].value
+                state.sharpness_step = analysis.forecast.estimates[-1].step
+            state.follow(analysis.forecast)
+            self.jobs.put(state)
 
     @property
     def endpoint(self) -> str:

@@ -7,6 +7,9 @@
     GET /api/jobs/{job_id}/steps?start=&end=&limit=       step records in step order
     GET /api/jobs/{job_id}/sharpness?start=&end=&limit=   sharpness estimates, with the
                                                           threshold at that step's LR
+    GET /api/jobs/{job_id}/alerts        one per forecast state change: step, state,
+                                         steps_to_instability, recommended_lr,
+                                         recommended_warmup_steps, reason, ...
 
 Only GET and HEAD exist; anything that would change state is refused. To expose the API
 beyond loopback, put it behind a reverse proxy that authenticates (README).
@@ -144,7 +147,26 @@ class Handler(BaseHTTPRequestHandler):
             if rest[1] == "steps":
                 return [_step_json(r) for r in ctx.store.steps(state.pk, start, end, limit)]
             return _sharpness_json(state, ctx.store.sharpness(state.pk, start, end, limit))
+        if rest[1:] == ["alerts"]:
+            return [_alert_json(r) for r in ctx.store.alerts(state.pk)]
         raise _BadRequest(404, f"no such endpoint under job {rest[0]!r}: {'/'.join(rest[1:])}")
+
+
+def _alert_json(row: dict[str, Any]) -> dict[str, Any]:
+    """An alerts row as DESIGN.md's alert object (steps_to_instability null: none forecast)."""
+    return {
+        "step": row["step"],
+        "state": row["state"],
+        "steps_to_instability": row["steps_to_instability"],
+        "steps_low": row["steps_low"],
+        "steps_high": row["steps_high"],
+        "stability_ratio": row["ratio"],
+        "recommended_lr": row["recommended_lr"],
+        "recommended_warmup_steps": row["recommended_warmup_steps"],
+        "reason": row["reason"],
+        "run": row["run"],
+        "wall_time": row["wall_time"],
+    }
 
 
 def _sharpness_json(state: JobState, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -32,12 +32,14 @@ from edgewatch.schemas import (
     JobEnd,
     JobStart,
     Nack,
+    Plan,
     Sharpness,
     Step,
     decode_batch,
     encode,
 )
 from edgewatch.server import rows, writer
+from edgewatch.server.analysis import RunAnalysis
 from edgewatch.server.config import Settings
 from edgewatch.server.state import JobState, JobTable
 from edgewatch.server.store import FrameWrite, JobProgress, Store
@@ -131,6 +133,7 @@ class Ingest:
         self._updates: dict[int, _JobUpdate] = {}
         self._deadline: float | None = None
         self._log = _RateLimitedLog()
+        self.analyses: dict[int, RunAnalysis] = {}  # by job pk: the current run's forecast
         self.ready = threading.Event()
 
     # -- the loop ---------------------------------------------------------------------
@@ -216,6 +219,7 @@ class Ingest:
         job, run = batch.job, batch.run
         state = self.jobs.get(job)
         pk = state.pk if state else -1
+        analysis = self.analyses.get(pk)
         write = FrameWrite(job_pk=pk)
         steps = write.steps
         rejected: Counter[str] = Counter()
@@ -223,7 +227,8 @@ class Ingest:
         last_sharpness: Sharpness | None = None
         first_wall = last_wall = None
         for record in batch.records:
-            # Steps are nearly every record: one type test, one check, one tuple.
+            # Steps are nearly every record: one type test, one check, one tuple, and the
+            # forecast's per-step update (a few comparisons unless the state changes).
             if type(record) is Step:
                 reason = rows.check_step(record, job, run)
                 if reason is None and state is not None:
@@ -231,12 +236,19 @@ class Ingest:
                     last_step = record
                     last_wall = record.wall_time
                     first_wall = first_wall or last_wall
+                    if analysis is not None and record.run == analysis.run:
+                        alert = analysis.step(
+                            record.seq, record.step, record.lr, record.loss, record.grad_norm
+                        )
+                        if alert is not None:
+                            write.alerts.append(analysis.alert_row(alert, last_wall))
                     continue
             else:
                 reason = rows.check_record(record, job, run)
                 if reason is None and isinstance(record, JobStart):
                     state = self._start_job(record)
                     pk = write.job_pk = state.pk
+                    analysis = self.analyses.get(pk)
                     continue
                 if reason is None and state is not None:
                     last_wall = record.wall_time
@@ -247,8 +259,14 @@ class Ingest:
                             last_sharpness = record
                         case Event():
                             write.events.append(rows.event_row(pk, record))
+                        case Plan():
+                            write.events.append(rows.plan_row(pk, record))
                         case JobEnd():
                             write.end = record
+                    if analysis is not None and record.run == analysis.run:
+                        alert = analysis.record(record)
+                        if alert is not None:
+                            write.alerts.append(analysis.alert_row(alert, last_wall))
                     continue
             rejected[reason or "unknown_job"] += 1  # a client must send its JobStart first
         if state is not None and last_wall is not None:
@@ -283,6 +301,7 @@ class Ingest:
         row = self.store.upsert_job(start)
         state = JobState.from_row(row, time.time())
         state.records = row["records"]
+        self.analyses[state.pk] = RunAnalysis(state.pk, start.run, row["optimizer"])
         self.jobs.put(state)
         log.info("job %r started run %d (%s)", start.job, start.run, start.optimizer.kind)
         return state
@@ -359,6 +378,9 @@ class Ingest:
                 state.preconditioned = u.sharpness.preconditioned
             if u.end is not None:
                 state.status, state.ended_at = u.end.status, u.end.wall_time
+            analysis = self.analyses.get(pk)
+            if analysis is not None:
+                state.follow(analysis.forecast)
             self.jobs.put(state)
         return updated
 

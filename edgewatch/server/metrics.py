@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from edgewatch.monitor.forecast import STATES
 from edgewatch.server.ingest import DaemonCounters
 from edgewatch.server.state import JobState, JobTable
 
@@ -70,6 +71,24 @@ class EdgewatchCollector(Collector):
         seen = gauge(
             "edgewatch_last_record_timestamp_seconds", "Client wall time of the newest record."
         )
+        to_go = gauge(
+            "edgewatch_steps_to_instability",
+            "Forecast steps until the stability ratio reaches the alarm level (+Inf: none).",
+        )
+        rec_lr = gauge(
+            "edgewatch_recommended_learning_rate",
+            "Largest LR the forecast keeps under the safety margin through the horizon.",
+        )
+        rec_warmup = gauge(
+            "edgewatch_recommended_warmup_steps",
+            "Steps over which to raise the LR to its planned peak instead (0: no change).",
+        )
+        states = GaugeMetricFamily(
+            "edgewatch_state",
+            "Forecast state of the job: 1 for the current one of stable, approaching, "
+            "unstable, diverged.",
+            labels=["job_id", "state"],
+        )
         for s in jobs:
             label = [s.job_id]
             seen.add_metric(label, s.last_seen)
@@ -88,7 +107,14 @@ class EdgewatchCollector(Collector):
                 thr.add_metric(label, threshold)
             if r is not None:
                 ratio.add_metric(label, r)
-        yield from (step, lr, loss, grad, sharp, thr, ratio, seen)
+            to_go.add_metric(label, s.steps_to_instability)
+            if s.recommended_lr is not None:
+                rec_lr.add_metric(label, s.recommended_lr)
+            rec_warmup.add_metric(label, s.recommended_warmup_steps)
+            for name in STATES:
+                states.add_metric([s.job_id, name], 1.0 if s.state == name else 0.0)
+        yield from (step, lr, loss, grad, sharp, thr, ratio, seen, to_go, rec_lr, rec_warmup)
+        yield states
 
     def _daemon(self, jobs: list[JobState]) -> Iterator[Metric]:
         c = self.counters

@@ -10,17 +10,28 @@ diverging) and are stored.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import msgspec
 
-from edgewatch.schemas import SUPPORTED_PROTOCOLS, Batch, Event, JobEnd, JobStart, Sharpness, Step
+from edgewatch.schemas import (
+    SUPPORTED_PROTOCOLS,
+    Batch,
+    Event,
+    JobEnd,
+    JobStart,
+    Plan,
+    Sharpness,
+    Step,
+)
 from edgewatch.server.tables import JOB_ID_MAX
 
 INT64_MAX = 2**63 - 1
 MAX_RECORDS_PER_FRAME = 100_000
 MAX_GROUPS = 4096
 MAX_EVENT_DETAIL = 4096
+MAX_PLAN_KNOTS = 4096  # the client sends a few dozen; a cosine over 4096 steps needs ~100
 INF = float("inf")
 
 _json = msgspec.json.Encoder()
@@ -83,7 +94,7 @@ def check_step(r: Step, job: str, run: int) -> str | None:
 
 
 def check_record(
-    record: JobStart | Step | Sharpness | Event | JobEnd, job: str, run: int
+    record: JobStart | Step | Sharpness | Event | JobEnd | Plan, job: str, run: int
 ) -> str | None:
     """Why this record cannot be stored (the metric reason), or None."""
     if isinstance(record, Step):
@@ -111,6 +122,16 @@ def check_record(
             )
         case JobEnd():
             ok = _int_ok(record.step)
+        case Plan():
+            steps, lrs = record.steps, record.lrs
+            ok = (
+                _int_ok(record.step)
+                and 0 < len(steps) == len(lrs) <= MAX_PLAN_KNOTS
+                and _int_ok(*steps)
+                and all(a < b for a, b in itertools.pairwise(steps))
+                and all(0.0 <= x < INF for x in lrs)
+                and len(record.source) <= 64
+            )
         case JobStart():
             ok = True
     return None if ok else "invalid_value"
@@ -141,3 +162,12 @@ def sharpness_row(pk: int, r: Sharpness) -> tuple[Any, ...]:
 
 def event_row(pk: int, r: Event) -> tuple[Any, ...]:
     return (pk, r.run, r.seq, r.step, r.wall_time, r.kind, r.detail)
+
+
+PLAN_EVENT = "lr_plan"
+
+
+def plan_row(pk: int, r: Plan) -> tuple[Any, ...]:
+    """A plan is stored as an event whose detail is the knots as JSON (``plan_from_row``)."""
+    detail = _json.encode({"steps": r.steps, "lrs": r.lrs, "source": r.source}).decode()
+    return (pk, r.run, r.seq, r.step, r.wall_time, PLAN_EVENT, detail)

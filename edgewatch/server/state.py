@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from edgewatch.monitor.forecast import JobForecast
 from edgewatch.monitor.thresholds import threshold_for
 
 
@@ -40,6 +41,15 @@ class JobState:
     sharpness: float | None = None
     sharpness_step: int | None = None
     preconditioned: bool = False
+    # The forecast (monitor/forecast.py), copied from the run's analysis after each commit.
+    state: str = "stable"
+    steps_to_instability: float = math.inf
+    recommended_lr: float | None = None
+    recommended_warmup_steps: int = 0
+    alarm_ratio: float = 1.0
+    sustained_level: float | None = None
+    forecast_reason: str = "no sharpness yet"
+    planned_lr: bool = False
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: float) -> JobState:
@@ -99,7 +109,31 @@ class JobState:
             "preconditioned": self.preconditioned,
             "stability_threshold": self.threshold,
             "stability_ratio": self.stability_ratio,
+            "analysis": {
+                "state": self.state,
+                # JSON has no infinity: null means no crossing is forecast.
+                "steps_to_instability": self.steps_to_instability
+                if math.isfinite(self.steps_to_instability)
+                else None,
+                "recommended_lr": self.recommended_lr,
+                "recommended_warmup_steps": self.recommended_warmup_steps,
+                "alarm_ratio": self.alarm_ratio,
+                "sustained_level": self.sustained_level,
+                "planned_lr": self.planned_lr,
+                "reason": self.forecast_reason,
+            },
         }
+
+    def follow(self, forecast: JobForecast) -> None:
+        """Copy what the run's forecast says now."""
+        self.state = forecast.state
+        self.steps_to_instability = forecast.steps_to_instability
+        self.recommended_lr = forecast.recommended_lr
+        self.recommended_warmup_steps = forecast.recommended_warmup_steps
+        self.alarm_ratio = forecast.alarm_ratio
+        self.sustained_level = forecast.sustained_level if forecast.estimates else None
+        self.forecast_reason = forecast.reason
+        self.planned_lr = forecast.plan is not None
 
 
 class JobTable:

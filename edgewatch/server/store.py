@@ -10,8 +10,9 @@ in WAL mode with ``synchronous=NORMAL``: a commit survives the death of the proc
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -21,7 +22,16 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from edgewatch.errors import ConfigError
 from edgewatch.schemas import JobEnd, JobStart
 from edgewatch.server.bulk import BulkInsert
-from edgewatch.server.tables import INSERT_COLUMNS, Base, JobRow, SharpnessRow, StepRow
+from edgewatch.server.tables import (
+    INSERT_COLUMNS,
+    RECORD_TABLES,
+    AlertRow,
+    Base,
+    EventRow,
+    JobRow,
+    SharpnessRow,
+    StepRow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +44,8 @@ class FrameWrite:
     steps: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
     sharpness: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
     events: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
+    alerts: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
+    """The daemon's own rows: state changes the frame's records caused."""
     end: JobEnd | None = None
     stored: int = 0  # filled in by Store.write
 
@@ -141,8 +153,9 @@ class Store:
             stored_by_job: dict[int, int] = {}
             for frame in frames:
                 frame.stored = 0
-                for name, insert in self._insert.items():
-                    frame.stored += insert(conn, getattr(frame, name))
+                for name in RECORD_TABLES:
+                    frame.stored += self._insert[name](conn, getattr(frame, name))
+                self._insert["alerts"](conn, frame.alerts)
                 stored_by_job[frame.job_pk] = stored_by_job.get(frame.job_pk, 0) + frame.stored
                 if frame.end is not None:
                     conn.execute(
@@ -164,6 +177,12 @@ class Store:
                         dropped=p.dropped,
                     )
                 )
+
+    def add_alerts(self, rows: list[tuple[Any, ...]]) -> None:
+        """Alerts found again by a rebuilt analysis; those already stored are no-ops."""
+        if rows:
+            with self.engine.begin() as conn:
+                self._insert["alerts"](conn, rows)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -196,6 +215,33 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def alerts(self, job_pk: int, limit: int = 10_000) -> list[dict[str, Any]]:
+        """The job's alerts (every run), in the order they were raised."""
+        t = AlertRow.__table__
+        query = select(t).where(t.c.job_pk == job_pk).order_by(t.c.wall_time, t.c.run, t.c.seq)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query.limit(limit))]
+
+    def run_records(self, job_pk: int, run: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every stored record of one run as (table, row), in the client's sequence order:
+        what the analysis saw live, for ``replay`` and for rebuilding after a restart."""
+        streams = []
+        with self.engine.connect() as conn:
+            for name, table in (
+                ("steps", StepRow.__table__),
+                ("sharpness", SharpnessRow.__table__),
+                ("events", EventRow.__table__),
+            ):
+                query = (
+                    select(table)
+                    .where(table.c.job_pk == job_pk, table.c.run == run)
+                    .order_by(table.c.seq)
+                )
+                rows = conn.execution_options(yield_per=5000).execute(query)
+                streams.append(_tagged(name, rows))
+            for _, name, row in heapq.merge(*streams, key=lambda item: item[0]):
+                yield name, row
+
     def count(self, table: str, job_pk: int | None = None) -> int:
         t = Base.metadata.tables[table]
         query = select(func.count()).select_from(t)
@@ -211,3 +257,8 @@ class Store:
             return True
         except Exception:
             return False
+
+
+def _tagged(table: str, rows: Iterable[Any]) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    for r in rows:
+        yield r.seq, table, dict(r._mapping)

@@ -99,6 +99,23 @@ class EventRow(_RecordKey, Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+class AlertRow(_RecordKey, Base):
+    """A change of a job's forecast state; ``seq`` numbers the run's alerts from 1, so that
+    an analysis rebuilt after a restart writes the alerts it finds again as no-ops."""
+
+    __tablename__ = "alerts"
+    __table_args__ = _WITHOUT_ROWID
+
+    state: Mapped[str] = mapped_column(String(16))
+    steps_to_instability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    steps_low: Mapped[float | None] = mapped_column(Float, nullable=True)
+    steps_high: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    recommended_lr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    recommended_warmup_steps: Mapped[int] = mapped_column(BigInteger, default=0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
 # The column order of the tuples the ingest path builds for the bulk inserts
 # (``server/rows.py``); JSON columns travel as already-encoded text.
 KEY_COLUMNS = ("job_pk", "run", "seq", "step", "wall_time")
@@ -113,4 +130,11 @@ INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
         "lr",
     ),
     "events": (*KEY_COLUMNS, "kind", "detail"),
+    "alerts": (
+        *KEY_COLUMNS,
+        *("state", "steps_to_instability", "steps_low", "steps_high", "ratio"),
+        *("recommended_lr", "recommended_warmup_steps", "reason"),
+    ),
 }
+RECORD_TABLES = ("steps", "sharpness", "events")
+"""Tables of client records; ``alerts`` are the daemon's own and not counted as records."""

@@ -1,0 +1,124 @@
+"""The per-run forecast the daemon keeps, fed the same way live and in replay.
+
+Live, the ingest thread feeds each accepted record, in the client's sequence order, to
+the run's :class:`RunAnalysis`; the alerts it raises go into the same transaction as the
+records that raised them. ``replay`` feeds the stored records of a run (or an exported
+trace) through the same class, so it raises the same alerts. On start the daemon rebuilds
+the analysis of every running job this way; the alerts it finds again are already stored
+and their inserts are no-ops (alerts are keyed by their number within the run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from edgewatch.monitor.forecast import DEFAULT_SETTINGS, Alert, JobForecast, PredictorSettings
+from edgewatch.monitor.plan import LRPlan
+from edgewatch.schemas import AnyRecord, Event, Plan, Sharpness
+from edgewatch.server.rows import PLAN_EVENT
+from edgewatch.server.store import Store
+
+
+class RunAnalysis:
+    """One run of one job: its forecast, and its alerts as rows for the alerts table."""
+
+    def __init__(
+        self,
+        job_pk: int,
+        run: int,
+        optimizer: Mapping[str, Any],
+        settings: PredictorSettings = DEFAULT_SETTINGS,
+    ) -> None:
+        self.job_pk, self.run = job_pk, run
+        self.forecast = JobForecast(optimizer, settings)
+        self.last_seq = 0  # records at or below it were fed already (resends)
+
+    def step(
+        self, seq: int, step: int, lr: float, loss: float | None, grad_norm: float | None
+    ) -> Alert | None:
+        if seq <= self.last_seq:
+            return None  # a resent record: the forecast has seen it
+        self.last_seq = seq
+        return self.forecast.observe_step(step, lr, loss, grad_norm)
+
+    def record(self, record: AnyRecord) -> Alert | None:
+        """Any record but a step, as it came off the wire."""
+        if record.seq <= self.last_seq:
+            return None
+        self.last_seq = record.seq
+        match record:
+            case Sharpness():
+                return self.forecast.observe_sharpness(record.step, record.value, record.lr)
+            case Plan():
+                plan = LRPlan(tuple(record.steps), tuple(record.lrs))
+                return self.forecast.observe_plan(record.step, plan)
+            case Event():
+                return self.forecast.observe_event(record.step, record.kind)
+        return None
+
+    def alert_row(self, alert: Alert, wall_time: float) -> tuple[Any, ...]:
+        """The alerts-table tuple (INSERT_COLUMNS order); seq is the alert's number."""
+        return (
+            self.job_pk,
+            self.run,
+            len(self.forecast.alerts),
+            alert.step,
+            wall_time,
+            alert.state,
+            _finite_or_none(alert.steps_to_instability),
+            _finite_or_none(alert.steps_low),
+            _finite_or_none(alert.steps_high),
+            alert.ratio,
+            alert.recommended_lr,
+            alert.recommended_warmup_steps,
+            alert.reason,
+        )
+
+    def feed_rows(self, rows: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[Any, ...]]:
+        """Feed stored records (``Store.run_records``); returns the alert rows raised."""
+        raised = []
+        forecast = self.forecast
+        for table, row in rows:
+            alert = None
+            if row["seq"] <= self.last_seq:
+                continue
+            self.last_seq = row["seq"]
+            if table == "steps":
+                # SQLite keeps a NaN as NULL; the nonfinite_loss event after it says so.
+                alert = forecast.observe_step(row["step"], row["lr"], row["loss"], row["grad_norm"])
+            elif table == "sharpness":
+                alert = forecast.observe_sharpness(row["step"], row["value"], row["lr"])
+            elif row["kind"] == PLAN_EVENT:
+                plan = plan_from_detail(row["detail"])
+                alert = forecast.observe_plan(row["step"], plan) if plan else None
+            else:
+                alert = forecast.observe_event(row["step"], row["kind"])
+            if alert is not None:
+                raised.append(self.alert_row(alert, row["wall_time"]))
+        return raised
+
+
+def plan_from_detail(detail: str) -> LRPlan | None:
+    """The plan a stored ``lr_plan`` event holds, or None if it cannot be read."""
+    try:
+        knots = msgspec.json.decode(detail)
+        return LRPlan(tuple(knots["steps"]), tuple(knots["lrs"]))
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _finite_or_none(value: float) -> float | None:
+    """+Inf (no crossing forecast) is stored as NULL: JSON has no infinity."""
+    return value if math.isfinite(value) else None
+
+
+def rebuild(store: Store, job_pk: int, run: int, optimizer: Mapping[str, Any]) -> RunAnalysis:
+    """A run's analysis from its stored records (daemon start); stores any alert missing."""
+    analysis = RunAnalysis(job_pk, run, optimizer)
+    raised = analysis.feed_rows(store.run_records(job_pk, run))
+    store.add_alerts(raised)
+    return analysis
