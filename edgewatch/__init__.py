@@ -5,7 +5,9 @@
     ...
     mon.step(loss)
 
-``attach`` and ``Monitor`` need torch and are imported on first use, so that
+    edgewatch.find_lr(model, optimizer, probe)   # the critical LR at initialisation
+
+``attach``, ``Monitor`` and ``find_lr`` need torch and are imported on first use, so that
 ``import edgewatch`` (and the daemon) works where torch is not installed.
 """
 
@@ -17,10 +19,15 @@ from edgewatch._version import __version__
 
 if TYPE_CHECKING:
     from edgewatch.client import Monitor, attach
+    from edgewatch.monitor.critical_lr import find_lr
 
-__all__ = ["Monitor", "__version__", "attach"]
+__all__ = ["Monitor", "__version__", "attach", "find_lr"]
 
-_LAZY = {"attach": "edgewatch.client", "Monitor": "edgewatch.client"}
+_LAZY = {
+    "attach": "edgewatch.client",
+    "Monitor": "edgewatch.client",
+    "find_lr": "edgewatch.monitor.critical_lr",
+}
 
 
 def __getattr__(name: str) -> Any:

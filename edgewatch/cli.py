@@ -1,7 +1,8 @@
-"""``edgewatch`` command line: serve | jobs | show JOB | schema | demo.
+"""``edgewatch`` command line: serve | jobs | show JOB | replay | schema | demo.
 
 ``serve`` runs the daemon; ``jobs`` and ``show`` read the daemon's HTTP API
-(``--server``, default ``$EDGEWATCH_SERVER`` or http://127.0.0.1:9108).
+(``--server``, default ``$EDGEWATCH_SERVER`` or http://127.0.0.1:9108); ``replay`` reads
+the database (or a trace file) itself, so it works with no daemon running.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"  stability   threshold {_fmt(job['stability_threshold'])} at the current lr; "
             f"ratio {_fmt(job['stability_ratio'])} (1.0 is the edge)"
         )
+    _print_analysis(job["analysis"], api_get(args.server, f"/api/jobs/{quoted}/alerts"))
     if steps:
         print(f"\n  last {len(steps)} steps:")
         rows = [
@@ -133,6 +135,93 @@ def cmd_show(args: argparse.Namespace) -> int:
                 for line in table(["STEP", "LR", "LOSS", "GRAD NORM"], rows).splitlines()
             )
         )
+    return 0
+
+
+def _print_analysis(analysis: dict[str, Any], alerts: list[dict[str, Any]]) -> None:
+    to_go = analysis["steps_to_instability"]
+    forecast = "none within the plan" if to_go is None else f"in {to_go:.0f} steps"
+    print(f"  state       {analysis['state'].upper()}  (instability forecast: {forecast})")
+    if analysis["recommended_lr"] is not None:
+        warmup = analysis["recommended_warmup_steps"]
+        extra = f", or warm up over {warmup} steps" if warmup else ""
+        print(f"  recommend   lr <= {_fmt(analysis['recommended_lr'])}{extra}")
+    print(f"  why         {analysis['reason']}")
+    if alerts:
+        print(f"\n  alerts ({len(alerts)}, latest last):")
+        print("\n".join("  " + line for line in _alert_table(alerts[-5:]).splitlines()))
+
+
+def _alert_table(alerts: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        [
+            _fmt(a["step"]),
+            a["state"],
+            _fmt(a["steps_to_instability"]),
+            _fmt(a["recommended_lr"]),
+            _fmt(a["recommended_warmup_steps"]),
+            a["reason"],
+        ]
+        for a in alerts
+    ]
+    return table(
+        ["STEP", "STATE", "STEPS TO INSTABILITY", "REC. LR", "REC. WARMUP", "REASON"], rows
+    )
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from edgewatch.monitor.forecast import DEFAULT_SETTINGS
+    from edgewatch.server import load_settings
+    from edgewatch.server.replay import export_trace, replay_stored, replay_trace
+    from edgewatch.server.store import Store
+
+    changes = {
+        name: getattr(args, name)
+        for name in ("horizon", "margin", "loss_excursion")
+        if getattr(args, name) is not None
+    }
+    settings = dataclasses.replace(DEFAULT_SETTINGS, **changes)
+    if args.trace:
+        result = replay_trace(Path(args.trace), settings)
+    else:
+        if not args.job:
+            raise ConfigError("replay needs a JOB (from the database) or --trace FILE")
+        store = Store(args.db or load_settings(None).db)
+        try:
+            if args.export:
+                n = export_trace(store, args.job, Path(args.export))
+                print(f"wrote {n} records of {args.job!r} to {args.export}", file=sys.stderr)
+            result = replay_stored(store, args.job, settings)
+        finally:
+            store.close()
+    alerts = [
+        {
+            "step": a.step,
+            "state": a.state,
+            "steps_to_instability": None
+            if a.steps_to_instability == math.inf
+            else a.steps_to_instability,
+            "recommended_lr": a.recommended_lr,
+            "recommended_warmup_steps": a.recommended_warmup_steps,
+            "reason": a.reason,
+        }
+        for a in result.alerts
+    ]
+    if args.json:
+        print(json.dumps({"job_id": result.job_id, "run": result.run, "alerts": alerts}, indent=2))
+        return 0
+    print(
+        f"job {result.job_id}  run {result.run}: {result.records} records replayed, "
+        f"{len(alerts)} alerts"
+    )
+    if alerts:
+        print(_alert_table(alerts))
+    if result.matches_live is not None:
+        same = "the same as" if result.matches_live else "DIFFERENT from"
+        print(f"(these are {same} the {len(result.live or [])} alerts the daemon raised live)")
     return 0
 
 
@@ -149,6 +238,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "commit_interval",
             "job_expiry",
             "max_frame_bytes",
+            "forecast_margin",
+            "forecast_horizon",
+            "forecast_loss_excursion",
         )
     }
     settings = load_settings(args.config, overrides=overrides)
@@ -186,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-frame-bytes", type=int, help="largest frame accepted")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    serve.add_argument(
+        "--forecast-margin", type=float, help="alarm ratio over max(1, sustained level) (2.5)"
+    )
+    serve.add_argument("--forecast-horizon", type=int, help="steps ahead that alarm (100)")
+    serve.add_argument(
+        "--forecast-loss-excursion", type=float, help="loss / running minimum that is unstable"
+    )
     serve.set_defaults(func=cmd_serve)
 
     jobs = sub.add_parser("jobs", help="list the jobs the daemon knows")
@@ -198,6 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         p.set_defaults(func=func)
+
+    replay = sub.add_parser("replay", help="run the forecast over a stored job or a trace, offline")
+    replay.add_argument("job", nargs="?", help="job id in the database")
+    replay.add_argument("--db", help="database URL (default: as `serve`, sqlite:///edgewatch.db)")
+    replay.add_argument("--trace", help="a JSON-lines trace of wire records instead of a job")
+    replay.add_argument("--export", help="also write the job's latest run as a trace here")
+    replay.add_argument("--horizon", type=int, help="forecast horizon in steps (100)")
+    replay.add_argument(
+        "--margin", type=float, help="alarm ratio over max(1, sustained level) (2.5)"
+    )
+    replay.add_argument(
+        "--loss-excursion", type=float, help="loss over its running minimum that is unstable"
+    )
+    replay.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    replay.set_defaults(func=cmd_replay)
 
     schema = sub.add_parser("schema", help="print the wire protocol's JSON Schema")
     schema.set_defaults(func=cmd_schema)

@@ -85,7 +85,14 @@ def test_a_batch_of_every_record_type_round_trips() -> None:
         ),
         (
             msgspec.msgpack.encode(
-                {"type": "batch", "protocol": PROTOCOL_VERSION + 1, "job": "j", "run": 1, "frame_id": 1, "records": []}
+                {
+                    "type": "batch",
+                    "protocol": PROTOCOL_VERSION + 1,
+                    "job": "j",
+                    "run": 1,
+                    "frame_id": 1,
+                    "records": [],
+                }
             ),
             "protocol_version",
         ),

@@ -4,11 +4,10 @@ Cadence is set by a time budget, not a step interval. An estimate starts only wh
 seconds spent on curvature so far plus what it is expected to cost stay within
 ``budget`` (default 2%) of the wall time since ``attach``, and when the time since the
 last one, times ``budget``, covers that cost (so estimates are spread out, not bunched
-after a gap). The expected cost is a running mean of past estimates; before the first,
-FIRST_COST_STEPS mean training steps (a cold Lanczos run is ~15 HVPs of ~3 forward+
-backward passes each). The share is thus kept from the first step on: a short run gets
-its first estimate later, a long one many. ``urgency`` raises the share (for a job
-approaching instability).
+after a gap). The expected cost is a running mean of past estimates. The first estimate
+is the exception: it runs at the first step (the sharpness at initialisation is the one
+that says whether the LR plan is safe at all) and is not charged to the budget (see
+``charge``). ``urgency`` raises the share (for a job approaching instability).
 
 Each estimate starts from the previous one's eigenvector (warm start); it is run again
 from a random vector when it did not converge or jumped by more than half, because a
@@ -33,7 +32,8 @@ from edgewatch.monitor.curvature import SharpnessEstimate, sharpness
 from edgewatch.monitor.eigen import NotConvergedWarning
 
 JUMP = 0.5  # relative change that makes a warm-started estimate suspect
-FIRST_COST_STEPS = 45  # expected cost of the first (cold) estimate, in training steps
+WARM_SHARE = 0.25  # a warm start needs ~1/4 of a cold run's HVPs (bench/RESULTS.md, curvature)
+RETRY_STEPS = 50  # after a failed attempt, wait RETRY_STEPS / budget steps
 NEAR_EDGE = 0.8  # stability ratio from which curvature is measured more often
 URGENT = 4.0  # how much more often
 
@@ -61,6 +61,7 @@ class CurvatureSchedule:
         self.started = self.clock()
         self.spent = 0.0  # seconds of curvature work so far
         self.last_cost = 0.0
+        self.first_cost = 0.0  # the estimate at initialisation, outside the budget
         self.mean_cost = 0.0  # running mean of an estimate's seconds
         self.last_end = self.started
         self.steps = 0  # training steps seen (due() is asked once per step)
@@ -74,11 +75,14 @@ class CurvatureSchedule:
         self.steps += 1
         if self.budget <= 0:
             return False
+        if self.attempts == 0:
+            # The first estimate comes at the first step: the sharpness at initialisation
+            # sets the critical LR (monitor/critical_lr.py), and a run started too hot
+            # diverges within tens of steps. Later ones are paced by the budget.
+            return True
         now = self.clock()
         elapsed = now - self.started
         expected = self.mean_cost
-        if self.attempts == 0:
-            expected = FIRST_COST_STEPS * elapsed / self.steps  # step time as the yardstick
         share = self.budget * self.urgency
         paced = (now - self.last_end) * share >= expected
         return paced and self.spent + expected <= share * elapsed
@@ -108,13 +112,30 @@ class CurvatureSchedule:
         self.last_value = est.value
         return est, seconds
 
+    def failed(self, seconds: float) -> None:
+        """An attempt raised (a broken probe): charge it, and try again only after
+        RETRY_STEPS / budget steps, not at the next step."""
+        self.charge(seconds)
+        step_time = (self.clock() - self.started) / max(1, self.steps)
+        self.mean_cost = max(self.mean_cost, RETRY_STEPS * step_time)
+
     def charge(self, seconds: float) -> None:
-        """Account for one attempt (a failed one too: a broken probe is not retried each step)."""
-        self.spent += seconds
+        """Account for one attempt (a failed one too: a broken probe is not retried each step).
+
+        The first, cold estimate at initialisation is a one-off per run, like ``find_lr``,
+        and is kept out of the budget: charged, a cold Lanczos run (~15 HVPs, ~45 steps'
+        time) would hold the next estimate back for 45/budget steps, through the warmup
+        where the next ones matter most. The next is expected to cost WARM_SHARE of it.
+        """
         self.last_cost = seconds
-        self.mean_cost = seconds if self.attempts == 0 else 0.7 * self.mean_cost + 0.3 * seconds
         self.last_end = self.clock()
         self.attempts += 1
+        if self.attempts == 1:
+            self.first_cost = seconds
+            self.mean_cost = WARM_SHARE * seconds  # what the next, warm-started one may cost
+            return
+        self.spent += seconds
+        self.mean_cost = 0.7 * self.mean_cost + 0.3 * seconds
 
     def _estimate(self, v0: torch.Tensor | None) -> SharpnessEstimate:
         return sharpness(

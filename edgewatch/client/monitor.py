@@ -209,7 +209,7 @@ class Monitor:
         try:
             est, seconds = self.curvature.measure()
         except Exception as exc:
-            self.curvature.charge(time.perf_counter() - started)
+            self.curvature.failed(time.perf_counter() - started)
             self._fail("sharpness", exc)
             return
         if self.sender is not None:
@@ -232,10 +232,12 @@ class Monitor:
         """Snapshot the schedule from the next step on; the sender steps it ahead."""
         assert self._plans is not None and self.sender is not None
         self.sender.replan_wanted = False
+        self.sender.plan_pending = True
         try:
             lookahead = self._plans.snapshot(first_step)
         except Exception as exc:
             self._plans = None  # a schedule that cannot be copied will not copy next time
+            self.sender.plan_pending = False
             self._fail("plan", exc)
             return
         self._ship()

@@ -130,6 +130,7 @@ class Sender(threading.Thread):
         self.stability_ratio: float | None = None  # the daemon's view, from its last Ack
         self.plan: LRPlan | None = None  # the LR plan sent last
         self.replan_wanted = True  # read by the training thread: send a (new) plan
+        self.plan_pending = False  # set by the training thread until the plan is framed
         self._seq = 0
         self._next_frame_id = 1
         self._unsent: list[Item] = []  # taken from inbox, values in flight
@@ -246,7 +247,7 @@ class Sender(threading.Thread):
 
     def _plan(self, lookahead: Lookahead) -> Plan:
         plan = compress(lookahead.first_step, lookahead.lrs())
-        self.plan = plan
+        self.plan, self.plan_pending = plan, False
         return Plan(
             job=self.job,
             run=self.run_id,
@@ -261,8 +262,8 @@ class Sender(threading.Thread):
     def _check_plan(self, row: Row) -> None:
         """Ask for a new plan when the LR has left this one or it is running out."""
         plan, step, lr = self.plan, row[0], float(row[2][0])
-        if plan is None or self.replan_wanted:
-            return
+        if plan is None or self.replan_wanted or self.plan_pending:
+            return  # a new plan is on its way: these rows are judged against it
         expected = plan.at(step)
         if step >= plan.end - REPLAN_BEFORE_END or abs(lr - expected) > 1e-3 * abs(expected):
             self.replan_wanted = True

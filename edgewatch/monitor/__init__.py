@@ -1,7 +1,8 @@
 """The stability math. Pure: no sockets, no files, no database.
 
-Float-only functions (thresholds) import no torch: the daemon uses them. The torch
-functions (Hessian-vector products, eigen-estimators, sharpness) are imported on first
+Float-only functions (thresholds, the LR plan, the forecaster) import no torch: the
+daemon uses them. The torch functions (Hessian-vector products, eigen-estimators,
+sharpness, the critical LR) are imported on first
 use, so that ``import edgewatch.monitor`` works where torch is absent. (No submodule
 is named like a function it exports: importing ``monitor/sharpness.py`` would have made
 ``edgewatch.monitor.sharpness`` the module, not the function.)
@@ -12,6 +13,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from edgewatch.monitor.forecast import (
+    Alert,
+    JobForecast,
+    PredictorSettings,
+)
+from edgewatch.monitor.plan import LRPlan, compress
 from edgewatch.monitor.thresholds import (
     adam_threshold,
     gd_threshold,
@@ -23,6 +30,7 @@ from edgewatch.monitor.thresholds import (
 )
 
 if TYPE_CHECKING:
+    from edgewatch.monitor.critical_lr import CriticalLR, find_lr
     from edgewatch.monitor.curvature import (
         SharpnessEstimate,
         UpdateCurvature,
@@ -34,13 +42,20 @@ if TYPE_CHECKING:
     from edgewatch.monitor.hvp import HessianOperator
 
 __all__ = [
+    "Alert",
+    "CriticalLR",
     "EigenEstimate",
     "HessianOperator",
+    "JobForecast",
+    "LRPlan",
     "NotConvergedWarning",
+    "PredictorSettings",
     "SharpnessEstimate",
     "UpdateCurvature",
     "adam_preconditioner",
     "adam_threshold",
+    "compress",
+    "find_lr",
     "gd_threshold",
     "heavy_ball_threshold",
     "nesterov_threshold",
@@ -53,6 +68,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "CriticalLR": "edgewatch.monitor.critical_lr",
+    "find_lr": "edgewatch.monitor.critical_lr",
     "EigenEstimate": "edgewatch.monitor.eigen",
     "NotConvergedWarning": "edgewatch.monitor.eigen",
     "top_eigenvalue": "edgewatch.monitor.eigen",

@@ -9,8 +9,9 @@ arXiv 2207.14484). Two facts shape the rule here:
    trains there for thousands of steps (edge of stability, Cohen et al. 2021, §3);
    minibatch Adam sits at preconditioned ratios far above 1 without a spike. So "r ≥ 1"
    is no alarm for a job already there. Its *sustained level* is the median ratio of
-   its recent estimates; the alarm ratio is 1 below the edge, and ``margin`` × the
-   sustained level once the job trains at or past it.
+   the estimates it has lived with; the alarm ratio is ``margin`` × the larger of 1 and
+   that level (``margin`` > 1: networks catapult rather than diverge a little past the
+   quadratic's limit).
 2. What breaks a job is the LR outrunning the curvature: a warmup too fast for the
    network to flatten, or a scheduled jump (Kalra & Barkeshli 2024, arXiv 2406.09405).
    Both are in the LR plan before they happen.
@@ -54,9 +55,9 @@ RISING_WINDOW = 20
 class PredictorSettings:
     """The rule's knobs; the defaults are the ones tuned in bench/predict (RESULTS.md)."""
 
-    horizon: int = 50
+    horizon: int = 100
     """A crossing this many steps ahead or nearer makes the job ``approaching``."""
-    margin: float = 1.5
+    margin: float = 2.5
     """For a job at or past the edge: the forecast ratio, over its sustained level, that
     counts as a crossing."""
     sustained_window: int = 5
@@ -65,7 +66,7 @@ class PredictorSettings:
     """Recent estimates the sharpness trend (log-linear in steps) is fitted to."""
     max_growth: float = 2.0
     """Cap on how much the extrapolated sharpness may grow."""
-    loss_excursion: float = 1.5
+    loss_excursion: float = 1.6
     """Short loss average over its running minimum that means the job is unstable."""
     loss_smoothing: float = 0.3
     """Weight of the newest loss in the short average."""
@@ -73,8 +74,9 @@ class PredictorSettings:
     """Quiet steps before an alarm state goes back to stable."""
     safety: float = 0.8
     """The recommended LR keeps the forecast ratio under safety × max(1, sustained level)."""
-    lookahead: int = 10_000
-    """Steps of the plan searched for a crossing."""
+    lookahead: int = 2_000
+    """Steps of the plan searched for a crossing (every step over twice the horizon, then
+    every 10th: what a forecast costs, about 1 ms, at each estimate)."""
 
 
 DEFAULT_SETTINGS = PredictorSettings()
@@ -200,18 +202,22 @@ class JobForecast:
 
     @property
     def sustained_level(self) -> float:
-        """Median ratio of the recent estimates taken while the LR held: where this job has
-        settled. Estimates during a rise (warmup) say where the LR has pushed it so far,
-        not what it can bear, so they do not count."""
-        held = [e.ratio for e in self.estimates if not e.lr_rising]
+        """Median ratio of the recent estimates the job has *sustained*: taken while the LR
+        held (an estimate during a warmup says where the LR has pushed the job so far, not
+        what it can bear), at least a horizon ago, so that a run diverging from its first
+        steps has sustained nothing yet."""
+        settled = self.step - self.settings.horizon
+        held = [e.ratio for e in self.estimates if not e.lr_rising and e.step <= settled]
         recent = held[-self.settings.sustained_window :]
         return statistics.median(recent) if recent else 0.0
 
     @property
     def alarm_ratio(self) -> float:
-        """The forecast ratio that counts as a crossing: the theory's 1.0 for a job below the
-        edge; ``margin`` × its sustained level for one that already trains at or past it."""
-        return max(1.0, self.settings.margin * self.sustained_level)
+        """The forecast ratio that counts as a crossing: ``margin`` × the larger of 1 and the
+        sustained level. ``margin`` is the headroom a network has over the quadratic's
+        limit before the loss spikes (it catapults to a flatter region instead, Lewkowycz
+        et al. 2020, arXiv 2003.02218); 1.0 makes the forecast exact on a quadratic."""
+        return self.settings.margin * max(1.0, self.sustained_level)
 
     @property
     def loss_ratio(self) -> float:
@@ -278,23 +284,33 @@ class JobForecast:
         return sorted(steps)
 
     def _trend(self) -> tuple[float, float]:
-        """Growth rate of log-sharpness per step (never negative) and the scatter about it."""
+        """Growth rate of log-sharpness per step, and the scatter about the fit.
+
+        The rate is the least-squares slope less two standard errors, floored at 0: noisy
+        estimates at the edge fit a slope of either sign, and extrapolating one of those
+        would raise alarms on a job that is only hovering there.
+        """
         recent = list(self.estimates)[-self.settings.trend_window :]
-        if len(recent) < 2:
+        if len(recent) < 3:
             return 0.0, 0.1
         xs = [e.step for e in recent]
         ys = [math.log(e.value) for e in recent]
         mx, my = statistics.fmean(xs), statistics.fmean(ys)
         sxx = sum((x - mx) ** 2 for x in xs)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+        if sxx == 0:
+            return 0.0, 0.1
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
         residuals = [y - (my + slope * (x - mx)) for x, y in zip(xs, ys, strict=True)]
-        scatter = max(0.05, statistics.pstdev(residuals))
-        return max(0.0, slope), scatter
+        spread = sum(r * r for r in residuals) / (len(recent) - 2)
+        stderr = math.sqrt(spread / sxx)
+        return max(0.0, slope - 2 * stderr), max(0.05, math.sqrt(spread))
 
     def _recommend(self, now: int, worst: int, worst_ratio: float, limit: float) -> None:
         """The largest LR keeping the forecast ratio under safety × max(1, sustained level), and,
         when the plan raises the LR, a warmup long enough to get there at that pace."""
         s = self.settings
+        # What the job has shown it bears, not the alarm's catapult headroom: a capped LR
+        # must be one that trains, not one that is merely predicted to spike less.
         target = s.safety * max(1.0, self.sustained_level)
         lr_worst = self._lr_at(worst)
         self.recommended_lr = lr_worst * target / worst_ratio if worst_ratio > 0 else None

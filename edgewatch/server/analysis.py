@@ -116,9 +116,15 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def rebuild(store: Store, job_pk: int, run: int, optimizer: Mapping[str, Any]) -> RunAnalysis:
+def rebuild(
+    store: Store,
+    job_pk: int,
+    run: int,
+    optimizer: Mapping[str, Any],
+    settings: PredictorSettings = DEFAULT_SETTINGS,
+) -> RunAnalysis:
     """A run's analysis from its stored records (daemon start); stores any alert missing."""
-    analysis = RunAnalysis(job_pk, run, optimizer)
+    analysis = RunAnalysis(job_pk, run, optimizer, settings)
     raised = analysis.feed_rows(store.run_records(job_pk, run))
     store.add_alerts(raised)
     return analysis

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgewatch.errors import ConfigError
+from edgewatch.monitor.forecast import DEFAULT_SETTINGS, PredictorSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,6 +43,21 @@ class Settings:
     job_expiry: float = 3600.0
     """Seconds after its last record that a job's series leave ``/metrics``."""
     log_level: str = "INFO"
+    forecast_margin: float = DEFAULT_SETTINGS.margin
+    """Alarm at this forecast ratio × max(1, sustained level); 1.0 is the quadratic's limit
+    (monitor/forecast.py; the default is tuned in bench/predict)."""
+    forecast_horizon: int = DEFAULT_SETTINGS.horizon
+    """A crossing forecast this many steps ahead or nearer makes a job ``approaching``."""
+    forecast_loss_excursion: float = DEFAULT_SETTINGS.loss_excursion
+    """Loss (short average) over its running minimum from which a job is ``unstable``."""
+
+    def predictor(self) -> PredictorSettings:
+        return dataclasses.replace(
+            DEFAULT_SETTINGS,
+            margin=self.forecast_margin,
+            horizon=self.forecast_horizon,
+            loss_excursion=self.forecast_loss_excursion,
+        )
 
     def __post_init__(self) -> None:
         if not self.db or "://" not in self.db:
@@ -57,7 +73,10 @@ class Settings:
         for name in ("commit_interval", "job_expiry"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
-        for name in ("commit_rows", "max_frame_bytes"):
+        for name in ("forecast_margin", "forecast_loss_excursion"):
+            if not getattr(self, name) >= 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("commit_rows", "max_frame_bytes", "forecast_horizon"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 

@@ -66,7 +66,9 @@ class Daemon:
         for state in self.jobs.snapshot():
             if state.status != "running":
                 continue
-            analysis = rebuild(self.store, state.pk, state.run, state.optimizer)
+            analysis = rebuild(
+                self.store, state.pk, state.run, state.optimizer, self.settings.predictor()
+            )
             self.ingest.analyses[state.pk] = analysis
             state.lr = analysis.forecast.lr
             if analysis.forecast.estimates:

@@ -301,7 +301,9 @@ class Ingest:
         row = self.store.upsert_job(start)
         state = JobState.from_row(row, time.time())
         state.records = row["records"]
-        self.analyses[state.pk] = RunAnalysis(state.pk, start.run, row["optimizer"])
+        self.analyses[state.pk] = RunAnalysis(
+            state.pk, start.run, row["optimizer"], self.settings.predictor()
+        )
         self.jobs.put(state)
         log.info("job %r started run %d (%s)", start.job, start.run, start.optimizer.kind)
         return state
@@ -346,7 +348,7 @@ class Ingest:
                 duplicates=p.write.rows - p.write.stored,
                 rejected=p.rejected,
                 reason=p.reason,
-                stability_ratio=states[p.write.job_pk].stability_ratio
+                stability_ratio=states[p.write.job_pk].ack_ratio
                 if p.write.job_pk in states
                 else None,
             )

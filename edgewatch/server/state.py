@@ -86,6 +86,15 @@ class JobState:
             return None
         return self.sharpness / threshold
 
+    @property
+    def ack_ratio(self) -> float | None:
+        """What the Acks tell the client: the ratio, raised to 1 while the forecast is in an
+        alarm state, so that the client measures curvature more often before a crossing."""
+        ratio = self.stability_ratio
+        if self.state != "stable":
+            return max(ratio or 0.0, 1.0)
+        return ratio
+
     def to_api(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id,
