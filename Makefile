@@ -8,7 +8,7 @@ DEV    := $(VENV)/.installed-dev
 # present in the venv is kept.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench bench-ingest bench-client bench-curvature clean
+.PHONY: demo test lint bench bench-ingest bench-client bench-curvature bench-predict clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
@@ -35,7 +35,7 @@ lint: $(DEV)
 test: lint
 	$(VENV)/bin/pytest
 
-bench: bench-ingest bench-client bench-curvature
+bench: bench-ingest bench-client bench-curvature bench-predict
 
 bench-ingest: $(DEV)
 	$(PY) bench/ingest.py
@@ -48,3 +48,8 @@ clean:
 
 bench-curvature: $(DEV)
 	$(PY) bench/curvature.py
+
+# The instability zoo: ~190 small CPU training runs through client and daemon, scored
+# against the baselines (about 6 minutes on 2 cores); report in bench/out/predict.md.
+bench-predict: $(DEV)
+	cd bench && ../$(PY) predict.py

@@ -162,7 +162,7 @@ def alarmed_from(alerts: Sequence[tuple[int, str, float | None, int]], n: int) -
 def replay(
     store: Store, run: Stored, settings: PredictorSettings
 ) -> list[tuple[int, str, float | None, int]]:
-    analysis = RunAnalysis(run.pk, run.run, run.optimizer, settings)
+    analysis = RunAnalysis(run.pk, run.run, run.optimizer, settings, run.result.spec.steps)
     analysis.feed_rows(store.run_records(run.pk, run.run))
     return [
         (a.step, a.state, a.recommended_lr, a.recommended_warmup_steps)

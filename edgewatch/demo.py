@@ -4,7 +4,8 @@ and what edgewatch saw.
 The run is a two-layer MLP fitted by full-batch gradient descent whose learning rate
 warms up linearly past the stability edge 2/λ (Cohen et al. 2021): the loss first falls;
 η·λ crosses 2 near step 95, the loss spikes some fifty steps later, and the run diverges
-near the end. edgewatch measures λ throughout and sees the edge crossed before the spike.
+near the end. edgewatch measures λ throughout, reads the warmup's plan from the
+scheduler, and forecasts the crossing before the spike.
 """
 
 from __future__ import annotations
@@ -78,7 +79,6 @@ def train(endpoint: str, job: str, steps: int) -> None:
             optimizer.zero_grad()
             if not torch.isfinite(loss):
                 print(f"  step {step:4d}  loss {loss.item()}: the run has diverged; stopping it")
-                mon.event("nonfinite_loss", f"loss {loss.item()}")
                 mon.close("failed")
                 break
             if step % 25 == 0 or step == steps - 1:
@@ -88,48 +88,45 @@ def train(endpoint: str, job: str, steps: int) -> None:
 
 
 def what_edgewatch_saw(server: str, job: str) -> None:
-    """The run as the daemon saw it, step by step: when the live stability ratio (the
-    last sharpness against the threshold at the LR in force, as /metrics reports it)
-    reached 1.0, and when the loss spiked."""
+    """The forecast as the daemon raised it (its alerts), against when the loss spiked:
+    the first step whose loss is non-finite or twice its best so far."""
     quoted = urllib.parse.quote(job, safe="")
     optimizer = api_get(server, f"/api/jobs/{quoted}")["optimizer"]
     estimates = api_get(server, f"/api/jobs/{quoted}/sharpness")
     steps = api_get(server, f"/api/jobs/{quoted}/steps")
-    by_step = {e["step"]: e for e in estimates}
-    sharp, crossed, best, spike = None, None, float("inf"), None
+    alerts = api_get(server, f"/api/jobs/{quoted}/alerts")
+    best, spike = float("inf"), None
     for s in steps:
-        sharp = by_step.get(s["step"], sharp)
-        if crossed is None and sharp is not None:
-            ratio = sharp["value"] / threshold_for(optimizer, s["lr"])
-            if ratio >= 1.0:
-                crossed = (s, sharp, ratio)
-        loss = s["loss"]
-        if loss is None or loss >= 2 * best:  # non-finite (stored as null) or doubled
+        if s["loss"] is None or s["loss"] >= 2 * best:  # non-finite (stored as null) or doubled
             spike = s
             break
-        best = min(best, loss)
-    print(f"  {len(estimates)} sharpness estimates over {len(steps)} steps")
-    if crossed is not None:
-        s, e, ratio = crossed
-        print(
-            f"  step {s['step']}: stability ratio {ratio:.2f} (sharpness {e['value']:.3g} from "
-            f"step {e['step']}, threshold 2/lr = {threshold_for(optimizer, s['lr']):.3g})"
-        )
+        best = min(best, s["loss"])
+    print(f"  {len(estimates)} sharpness estimates over {len(steps)} steps; alerts:")
+    for a in alerts:
+        to_go = a["steps_to_instability"]
+        forecast = "-" if to_go is None else f"{to_go:.0f}"
+        print(f"  step {a['step']:4d}  {a['state'].upper():11s} steps to instability {forecast}")
+        print(f"             {a['reason']}")
     if spike is not None:
         loss_text = "non-finite" if spike["loss"] is None else f"{spike['loss']:.3g}"
         print(
-            f"  step {spike['step']}: the loss spiked ({loss_text}, over twice its best {best:.3g})"
+            f"  step {spike['step']:4d}  the loss spiked ({loss_text}, over twice its best "
+            f"{best:.3g})"
         )
-    if crossed is not None and spike is not None and crossed[0]["step"] < spike["step"]:
+    first = next((a for a in alerts if a["state"] != "stable"), None)
+    lr_at = {s["step"]: s["lr"] for s in steps}
+    if first is not None and spike is not None and first["step"] < spike["step"]:
+        lr = lr_at[first["step"]]
         print(
-            f"  => edgewatch_stability_ratio reached 1.0 {spike['step'] - crossed[0]['step']} "
-            "steps before the loss spiked"
-        )
-    if crossed is not None:
-        s, e, _ = crossed
-        print(
-            f"  there, the largest stable LR at the measured sharpness was "
-            f"2/λ = {2 / e['value']:.3g}; the LR in force was {s['lr']:.3g}"
+            f"  => edgewatch warned {spike['step'] - first['step']} steps before the loss spiked,"
+            f" recommending lr <= {first['recommended_lr']:.3g}"
+            + (
+                f" or a warmup over {first['recommended_warmup_steps']} steps"
+                if first["recommended_warmup_steps"]
+                else ""
+            )
+            + f" (the LR then was {lr:.3g}; the sharpness threshold at it"
+            f" {threshold_for(optimizer, lr):.3g})"
         )
 
 

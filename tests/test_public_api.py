@@ -25,7 +25,7 @@ def test_exported_members_are_explicit_and_sorted() -> None:
         assert len(set(module.__all__)) == len(module.__all__)
         for name in module.__all__:
             assert getattr(module, name) is not None, f"{module.__name__}.{name}"
-    assert edgewatch.__all__ == ["Monitor", "__version__", "attach"]
+    assert edgewatch.__all__ == ["Monitor", "__version__", "attach", "find_lr"]
 
 
 def test_attach_signature_is_the_documented_one() -> None:
@@ -49,6 +49,7 @@ def test_daemon_schemas_and_float_math_import_without_torch() -> None:
         "import edgewatch, edgewatch.server, edgewatch.schemas, edgewatch.monitor, edgewatch.cli\n"
         "from edgewatch.server.daemon import Daemon\n"
         "assert edgewatch.monitor.gd_threshold(0.1) == 20.0\n"
+        "assert edgewatch.monitor.JobForecast({'kind': 'SGD'}).state == 'stable'\n"
         "print('ok')"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -114,10 +114,14 @@ class JobForecast:
     """
 
     def __init__(
-        self, optimizer: Mapping[str, Any], settings: PredictorSettings = DEFAULT_SETTINGS
+        self,
+        optimizer: Mapping[str, Any],
+        settings: PredictorSettings = DEFAULT_SETTINGS,
+        total_steps: int | None = None,
     ) -> None:
         self.optimizer = dict(optimizer)
         self.settings = settings
+        self.total_steps = total_steps  # the plan past the run's end is not looked at
         # Every threshold here is a constant over η, so ratio = λ·η / unit.
         self.unit = threshold_for(self.optimizer, 1.0)
         self.state: State = "stable"
@@ -275,6 +279,8 @@ class JobForecast:
         """Steps to test: each step over twice the horizon, then every 10th, and the knots."""
         s = self.settings
         end = now + s.lookahead if until is None else until
+        if self.total_steps is not None:
+            end = max(now, min(end, self.total_steps - 1))
         near = min(end, now + 2 * s.horizon)
         steps = set(range(now, near + 1))
         steps.update(range(near, end + 1, 10))
@@ -317,7 +323,7 @@ class JobForecast:
         self.recommended_warmup_steps = 0
         lr_now = self._lr_at(now)
         if self.plan is not None and worst_ratio >= limit and lr_worst > lr_now > 0:
-            peak_step, _ = self.plan.peak_after(now, s.lookahead)
+            peak_step, _ = self.plan.peak_after(now, self._scan(now)[-1] - now)
             # Raise the LR as much more slowly as the forecast overshoots the target.
             planned = max(1, peak_step - now)
             self.recommended_warmup_steps = math.ceil(planned * worst_ratio / target)
@@ -326,11 +332,12 @@ class JobForecast:
     def _explain(self, now: int, worst: int, worst_ratio: float, limit: float) -> str:
         last = self.estimates[-1]
         level = self.sustained_level
+        sustained = f"sustained level {level:.2f}" if level else "no sustained level yet"
         words = (
             f"sharpness {last.value:.4g} (step {last.step}) at the LR "
             f"{'planned' if self.plan else 'in force'} for step {worst} "
             f"({self._lr_at(worst):.3g}) gives ratio {worst_ratio:.2f}; "
-            f"sustained level {level:.2f}, alarm at {limit:.2f}"
+            f"{sustained}, alarm at {limit:.2f}"
         )
         if self.recommended_lr is not None and worst_ratio >= limit:
             words += f"; keep the LR at or below {self.recommended_lr:.3g}"

@@ -32,9 +32,10 @@ class RunAnalysis:
         run: int,
         optimizer: Mapping[str, Any],
         settings: PredictorSettings = DEFAULT_SETTINGS,
+        total_steps: int | None = None,
     ) -> None:
         self.job_pk, self.run = job_pk, run
-        self.forecast = JobForecast(optimizer, settings)
+        self.forecast = JobForecast(optimizer, settings, total_steps)
         self.last_seq = 0  # records at or below it were fed already (resends)
 
     def step(
@@ -122,9 +123,10 @@ def rebuild(
     run: int,
     optimizer: Mapping[str, Any],
     settings: PredictorSettings = DEFAULT_SETTINGS,
+    total_steps: int | None = None,
 ) -> RunAnalysis:
     """A run's analysis from its stored records (daemon start); stores any alert missing."""
-    analysis = RunAnalysis(job_pk, run, optimizer, settings)
+    analysis = RunAnalysis(job_pk, run, optimizer, settings, total_steps)
     raised = analysis.feed_rows(store.run_records(job_pk, run))
     store.add_alerts(raised)
     return analysis

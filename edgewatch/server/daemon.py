@@ -67,7 +67,12 @@ class Daemon:
             if state.status != "running":
                 continue
             analysis = rebuild(
-                self.store, state.pk, state.run, state.optimizer, self.settings.predictor()
+                self.store,
+                state.pk,
+                state.run,
+                state.optimizer,
+                self.settings.predictor(),
+                state.total_steps,
             )
             self.ingest.analyses[state.pk] = analysis
             state.lr = analysis.forecast.lr

@@ -302,7 +302,7 @@ class Ingest:
         state = JobState.from_row(row, time.time())
         state.records = row["records"]
         self.analyses[state.pk] = RunAnalysis(
-            state.pk, start.run, row["optimizer"], self.settings.predictor()
+            state.pk, start.run, row["optimizer"], self.settings.predictor(), start.total_steps
         )
         self.jobs.put(state)
         log.info("job %r started run %d (%s)", start.job, start.run, start.optimizer.kind)

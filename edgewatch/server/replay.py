@@ -57,7 +57,9 @@ def replay_stored(
 ) -> Replayed:
     """The job's latest run, from the database."""
     job = _job_row(store, job_id)
-    analysis = RunAnalysis(job["pk"], job["run"], job["optimizer"] or {}, settings)
+    analysis = RunAnalysis(
+        job["pk"], job["run"], job["optimizer"] or {}, settings, job["total_steps"]
+    )
     records = 0
     for table, row in store.run_records(job["pk"], job["run"]):
         records += 1
@@ -71,7 +73,8 @@ def replay_trace(path: Path, settings: PredictorSettings = DEFAULT_SETTINGS) -> 
     start = next(records, None)
     if not isinstance(start, JobStart):
         raise ConfigError(f"{path}: a trace starts with the run's job_start record")
-    analysis = RunAnalysis(0, start.run, msgspec.to_builtins(start.optimizer), settings)
+    optimizer = msgspec.to_builtins(start.optimizer)
+    analysis = RunAnalysis(0, start.run, optimizer, settings, start.total_steps)
     count = 1
     for record in records:
         count += 1
