@@ -8,7 +8,7 @@ DEV    := $(VENV)/.installed-dev
 # present in the venv is kept.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench bench-ingest bench-client bench-curvature bench-predict clean
+.PHONY: demo test lint bench bench-ingest bench-client bench-curvature bench-predict bench-alerts clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
@@ -35,7 +35,7 @@ lint: $(DEV)
 test: lint
 	$(VENV)/bin/pytest
 
-bench: bench-ingest bench-client bench-curvature bench-predict
+bench: bench-ingest bench-client bench-curvature bench-predict bench-alerts
 
 bench-ingest: $(DEV)
 	$(PY) bench/ingest.py
@@ -53,3 +53,7 @@ bench-curvature: $(DEV)
 # against the baselines (about 6 minutes on 2 cores); report in bench/out/predict.md.
 bench-predict: $(DEV)
 	cd bench && ../$(PY) predict.py
+
+# Record-to-webhook delay through real Prometheus and Alertmanager (about 3 minutes).
+bench-alerts: $(DEV)
+	$(PY) bench/alert_path.py

@@ -1,6 +1,6 @@
-"""``edgewatch`` command line: serve | jobs | show JOB | replay | schema | demo.
+"""``edgewatch`` command line: serve | jobs | show JOB | plot JOB | replay | schema | demo.
 
-``serve`` runs the daemon; ``jobs`` and ``show`` read the daemon's HTTP API
+``serve`` runs the daemon; ``jobs``, ``show`` and ``plot`` read the daemon's HTTP API
 (``--server``, default ``$EDGEWATCH_SERVER`` or http://127.0.0.1:9108); ``replay`` reads
 the database (or a trace file) itself, so it works with no daemon running.
 """
@@ -225,6 +225,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from edgewatch.plot import fetch, plot_job
+
+    plot_job(fetch(args.server, args.job), args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgewatch.server import load_settings, serve
 
@@ -291,11 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="one job: state and its latest steps")
     show.add_argument("job")
     show.add_argument("--steps", type=int, default=10, help="how many recent steps to list")
-    for p, func in ((jobs, cmd_jobs), (show, cmd_show)):
+    for p in (jobs, show):
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    plot = sub.add_parser("plot", help="draw a job: sharpness vs threshold, loss, alerts")
+    plot.add_argument("job")
+    plot.add_argument("-o", "--output", required=True, help="image file to write (.png, .svg)")
+    for p, func in ((jobs, cmd_jobs), (show, cmd_show), (plot, cmd_plot)):
         p.add_argument(
             "--server", default=server_url, help=f"daemon HTTP URL (default {server_url})"
         )
-        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         p.set_defaults(func=func)
 
     replay = sub.add_parser("replay", help="run the forecast over a stored job or a trace, offline")

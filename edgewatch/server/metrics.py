@@ -83,10 +83,20 @@ class EdgewatchCollector(Collector):
             "edgewatch_recommended_warmup_steps",
             "Steps over which to raise the LR to its planned peak instead (0: no change).",
         )
+        running = gauge(
+            "edgewatch_job_running",
+            "1 while the job's run has not ended (no job end record yet), else 0.",
+        )
         states = GaugeMetricFamily(
             "edgewatch_state",
             "Forecast state of the job: 1 for the current one of stable, approaching, "
             "unstable, diverged.",
+            labels=["job_id", "state"],
+        )
+        changes = CounterMetricFamily(
+            "edgewatch_alerts",
+            "State changes of the job's forecast into each state, this run (every state "
+            "exported from 0, so that increase() sees the first).",
             labels=["job_id", "state"],
         )
         for s in jobs:
@@ -107,14 +117,16 @@ class EdgewatchCollector(Collector):
                 thr.add_metric(label, threshold)
             if r is not None:
                 ratio.add_metric(label, r)
+            running.add_metric(label, 1.0 if s.status == "running" else 0.0)
             to_go.add_metric(label, s.steps_to_instability)
             if s.recommended_lr is not None:
                 rec_lr.add_metric(label, s.recommended_lr)
             rec_warmup.add_metric(label, s.recommended_warmup_steps)
             for name in STATES:
                 states.add_metric([s.job_id, name], 1.0 if s.state == name else 0.0)
+                changes.add_metric([s.job_id, name], s.alert_counts.get(name, 0))
         yield from (step, lr, loss, grad, sharp, thr, ratio, seen, to_go, rec_lr, rec_warmup)
-        yield states
+        yield from (running, states, changes)
 
     def _daemon(self, jobs: list[JobState]) -> Iterator[Metric]:
         c = self.counters

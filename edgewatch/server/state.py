@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+from collections import Counter
 import time
 from typing import Any
 
@@ -50,6 +51,9 @@ class JobState:
     sustained_level: float | None = None
     forecast_reason: str = "no sharpness yet"
     planned_lr: bool = False
+    alert_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    """State changes into each state so far in this run: a short state between two scrapes
+    still shows as an increase (edgewatch_alerts_total)."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: float) -> JobState:
@@ -143,6 +147,7 @@ class JobState:
         self.sustained_level = forecast.sustained_level if forecast.estimates else None
         self.forecast_reason = forecast.reason
         self.planned_lr = forecast.plan is not None
+        self.alert_counts = dict(Counter(alert.state for alert in forecast.alerts))
 
 
 class JobTable:
