@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import stack
 from common import header
-from test_alert_path import train
+from toy import warmup_past_the_edge
 
 from edgewatch.server import Daemon, Settings
 
@@ -59,7 +59,7 @@ def one_run(scrape: str, evaluation: str, group_wait: str) -> dict[str, float]:
                     evaluation=evaluation,
                 ),
             ):
-                train("timed", daemon.endpoint, 0.4, 0.02)
+                warmup_past_the_edge("timed", daemon.endpoint, seconds_per_step=0.02)
                 deadline = time.monotonic() + 120
                 while time.monotonic() < deadline:
                     names = {a["labels"]["alertname"] for _, _, a in hook.alerts()}

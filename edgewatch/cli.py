@@ -1,4 +1,5 @@
-"""``edgewatch`` command line: serve | jobs | show JOB | plot JOB | replay | schema | demo.
+"""``edgewatch`` command line: serve | jobs | show JOB | plot JOB | replay | keygen | schema |
+demo.
 
 ``serve`` runs the daemon; ``jobs``, ``show`` and ``plot`` read the daemon's HTTP API
 (``--server``, default ``$EDGEWATCH_SERVER`` or http://127.0.0.1:9108); ``replay`` reads
@@ -233,6 +234,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from edgewatch.keys import keygen
+
+    public, secret = keygen(args.name, args.dir)
+    print(f"wrote {public} (public: share it) and {secret} (secret: keep it private)")
+    print(
+        "daemon: curve_secret_key = <server>.key_secret, curve_clients = a folder holding "
+        "each allowed client's NAME.key\nclient: attach(..., server_key=<server>.key, "
+        "client_key=<client>.key_secret)"
+    )
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgewatch.server import load_settings, serve
 
@@ -249,6 +263,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "forecast_margin",
             "forecast_horizon",
             "forecast_loss_excursion",
+            "curve_secret_key",
+            "curve_clients",
+            "allow_plaintext",
         )
     }
     settings = load_settings(args.config, overrides=overrides)
@@ -293,7 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--forecast-loss-excursion", type=float, help="loss / running minimum that is unstable"
     )
+    serve.add_argument("--curve-secret-key", help="the daemon's NAME.key_secret: CURVE on")
+    serve.add_argument("--curve-clients", help="folder of allowed clients' NAME.key files")
+    serve.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        default=None,
+        help="bind beyond loopback without CURVE (unencrypted)",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keygen", help="write a CURVE certificate pair NAME.key/.key_secret")
+    keys.add_argument("name", help="e.g. server, or a client's name")
+    keys.add_argument("--dir", default=".", help="folder to write into (default .)")
+    keys.set_defaults(func=cmd_keygen)
 
     jobs = sub.add_parser("jobs", help="list the jobs the daemon knows")
     show = sub.add_parser("show", help="one job: state and its latest steps")

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from edgewatch.server.process import wait_healthy
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
@@ -53,25 +55,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready within {timeout:.0f}s")
-
-
 @contextlib.contextmanager
-def running(command: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running(command: list[str], base_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_ready(ready_url, process)
+            wait_healthy(base_url, process, path="/-/ready")
             yield process
         finally:
             process.terminate()
@@ -118,7 +107,7 @@ def prometheus(
         f"--storage.tsdb.path={workdir / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
     ]
-    with running(command, url + "/-/ready", workdir / "prometheus.log"):
+    with running(command, url, workdir / "prometheus.log"):
         yield url
 
 
@@ -143,7 +132,7 @@ def alertmanager(workdir: Path, webhook: str, group_wait: str = "1s") -> Iterato
         f"--web.listen-address=127.0.0.1:{port}",
         "--cluster.listen-address=",  # no gossip port: a single private instance
     ]
-    with running(command, f"http://127.0.0.1:{port}/-/ready", workdir / "alertmanager.log"):
+    with running(command, f"http://127.0.0.1:{port}", workdir / "alertmanager.log"):
         yield f"127.0.0.1:{port}"
 
 

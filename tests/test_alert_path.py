@@ -5,46 +5,16 @@ webhook. A stable job trains beside it and must page nobody."""
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import stack
-import torch
 from conftest import DaemonFactory, http_json
-
-import edgewatch
+from toy import warmup_past_the_edge
 
 pytestmark = pytest.mark.skipif(bool(stack.missing()), reason=stack.skip_reason())
-
-
-def train(job: str, endpoint: str, peak_lr: float, seconds_per_step: float) -> None:
-    """GD on 0.5·(10·a² + b²) with the LR warming up to ``peak_lr`` over 400 steps
-    (stable while lr < 0.2); slowed so that each state lasts a few scrapes."""
-    w = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
-    curvature = torch.tensor([10.0, 1.0], dtype=torch.float64)
-
-    def loss_fn() -> torch.Tensor:
-        return 0.5 * (curvature * w * w).sum()
-
-    optimizer = torch.optim.SGD([w], lr=peak_lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 400))
-    with edgewatch.attach(
-        optimizer, job=job, endpoint=endpoint, probe=loss_fn, scheduler=schedule, budget=0.5
-    ) as mon:
-        for step in range(1200):
-            loss = loss_fn()
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            schedule.step()
-            mon.step(loss)
-            if not math.isfinite(loss.item()):
-                mon.close("failed")
-                return
-            time.sleep(seconds_per_step if step < 260 else seconds_per_step / 10)
 
 
 def test_instability_reaches_the_webhook_and_a_stable_job_pages_nobody(
@@ -59,9 +29,13 @@ def test_instability_reaches_the_webhook_and_a_stable_job_pages_nobody(
             stack.alertmanager(tmp_path / "am", webhook.url) as am,
             stack.prometheus(tmp_path / "prom", targets=[http], alertmanager=am),
         ):
-            calm = threading.Thread(target=train, args=("calm", daemon.endpoint, 0.1, 0.02))
+            calm = threading.Thread(
+                target=warmup_past_the_edge,
+                args=("calm", daemon.endpoint),
+                kwargs={"peak_lr": 0.1, "seconds_per_step": 0.02, "steps": 600},
+            )
             calm.start()
-            train("heading-for-trouble", daemon.endpoint, 0.4, 0.02)
+            warmup_past_the_edge("heading-for-trouble", daemon.endpoint, seconds_per_step=0.02)
             calm.join()
             wanted = {"EdgewatchApproachingInstability", "EdgewatchDiverged"}
             deadline = time.monotonic() + 60

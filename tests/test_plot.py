@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 from conftest import DaemonFactory
-from test_prediction import QUADRATIC, warmup_past_the_edge
+from test_prediction import QUADRATIC
+from toy import warmup_past_the_edge
 
 from edgewatch.cli import main
 

@@ -4,58 +4,17 @@ CLI, replay of the stored job and of an exported trace, and a restart."""
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import DaemonFactory, http_json, metric
+from toy import warmup_past_the_edge
 
-import edgewatch
 from edgewatch.cli import main
 
-STEPS = 2000
-WARMUP = 400
-PEAK_LR = 0.4  # on curvature 10, GD is stable while lr < 0.2: crossed at step 199
 # A quadratic has none of a network's catapult headroom: the forecast alarms at its limit.
 QUADRATIC = {"forecast_margin": 1.0}
-
-
-def warmup_past_the_edge(
-    job: str, endpoint: str, *, close: bool = True
-) -> tuple[int, int, edgewatch.Monitor]:
-    """GD on 0.5·(10·a² + b²), the LR warming up past 2/10; stops at the first non-finite
-    loss. Returns the step where the loss first doubled its running minimum (the spike),
-    the non-finite step, and the monitor."""
-    w = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
-    curvature = torch.tensor([10.0, 1.0], dtype=torch.float64)
-
-    def loss_fn() -> torch.Tensor:
-        return 0.5 * (curvature * w * w).sum()
-
-    optimizer = torch.optim.SGD([w], lr=PEAK_LR)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / WARMUP))
-    mon = edgewatch.attach(
-        optimizer, job=job, endpoint=endpoint, probe=loss_fn, scheduler=schedule, budget=0.5
-    )
-    step, spike, best = 0, None, math.inf
-    for step in range(STEPS):
-        loss = loss_fn()
-        if spike is None and loss.item() >= 2 * best:
-            spike = step
-        best = min(best, loss.item())
-        optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
-        schedule.step()
-        mon.step(loss)
-        if not math.isfinite(loss.item()):
-            break
-    if close:
-        mon.close("failed")
-    assert spike is not None
-    return spike, step, mon
 
 
 def test_a_warmup_past_the_edge_is_forecast_then_diverged(
@@ -63,6 +22,7 @@ def test_a_warmup_past_the_edge_is_forecast_then_diverged(
 ) -> None:
     daemon = make_daemon(**QUADRATIC)
     spike, nonfinite, mon = warmup_past_the_edge("warmup", daemon.endpoint)
+    assert spike is not None
     assert mon.stats["unacknowledged"] == 0
     alerts = http_json(daemon.http_url + "/api/jobs/warmup/alerts")
     states = [(a["step"], a["state"]) for a in alerts]

@@ -1,7 +1,11 @@
-"""A training loop whose every per-step value is known in advance, for exact checks."""
+"""Training loops whose behaviour is known in advance, for exact checks: ``run_toy``
+(every per-step value known), ``warmup_past_the_edge`` (GD on a quadratic whose LR
+warms up past 2/λ: the crossing step is known)."""
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import torch
@@ -39,3 +43,51 @@ def run_toy(job: str, endpoint: str, steps: int, **options: Any) -> edgewatch.Mo
         optimizer.zero_grad()
     mon.close()
     return mon
+
+
+PEAK_LR = 0.4  # on curvature 10, GD is stable while lr < 0.2: crossed at step 199
+WARMUP = 400
+
+
+def warmup_past_the_edge(
+    job: str,
+    endpoint: str,
+    *,
+    peak_lr: float = PEAK_LR,
+    seconds_per_step: float = 0.0,
+    steps: int = 2000,
+    close: bool = True,
+) -> tuple[int | None, int, edgewatch.Monitor]:
+    """GD on 0.5·(10·a² + b²), the LR warming up to ``peak_lr`` over 400 steps, until the
+    loss is non-finite. ``seconds_per_step`` slows the first 260 steps (so that each
+    forecast state lasts a few Prometheus scrapes). Returns the step where the loss first
+    doubled its running minimum (None if never), the last step, and the monitor."""
+    w = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    curvature = torch.tensor([10.0, 1.0], dtype=torch.float64)
+
+    def loss_fn() -> torch.Tensor:
+        return 0.5 * (curvature * w * w).sum()
+
+    optimizer = torch.optim.SGD([w], lr=peak_lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / WARMUP))
+    mon = edgewatch.attach(
+        optimizer, job=job, endpoint=endpoint, probe=loss_fn, scheduler=schedule, budget=0.5
+    )
+    step, spike, best = 0, None, math.inf
+    for step in range(steps):
+        loss = loss_fn()
+        if spike is None and loss.item() >= 2 * best:
+            spike = step
+        best = min(best, loss.item())
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        schedule.step()
+        mon.step(loss)
+        if not math.isfinite(loss.item()):
+            break
+        if seconds_per_step and step < 260:
+            time.sleep(seconds_per_step)
+    if close:
+        mon.close("failed" if not math.isfinite(loss.item()) else "finished")
+    return spike, step, mon

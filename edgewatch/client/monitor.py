@@ -33,6 +33,7 @@ from edgewatch.client.curvature import CurvatureSchedule
 from edgewatch.client.readback import Row, Value, host_value, pack
 from edgewatch.client.schedule import PlanSource
 from edgewatch.client.sender import PlanItem, RecordItem, Sender, StepChunk
+from edgewatch.keys import load_keys
 from edgewatch.schemas import Event, JobEnd, Sharpness
 
 log = logging.getLogger("edgewatch.client")
@@ -64,6 +65,10 @@ class Monitor:
     - ``scheduler``: a torch LR scheduler, or a function step -> LR. The planned LR of the
       coming steps (``client/schedule.py``) goes to the daemon at the first step and
       whenever the LR leaves the plan, so that warmups and scheduled jumps are forecast.
+    - ``server_key`` and ``client_key``: CURVE, for a daemon that requires it. The
+      daemon's public certificate (``server.key``) and this client's secret one
+      (``NAME.key_secret``), both from ``edgewatch keygen``; the daemon must list this
+      client's ``NAME.key`` in its ``curve_clients`` folder.
     - ``hook_grad_norm`` (True): whether the optimizer hook computes the gradient norm;
       integrations that measure it themselves (before clipping) turn it off and pass
       ``mon.step(loss, grad_norm=...)``.
@@ -87,6 +92,8 @@ class Monitor:
         probe_batch: int | None = None,
         grad_scaler: Any = None,
         hook_grad_norm: bool = True,
+        server_key: str | None = None,
+        client_key: str | None = None,
     ) -> None:
         _check_arguments(optimizer, job, endpoint, budget, total_steps)
         self.job = job
@@ -142,6 +149,7 @@ class Monitor:
                 start,
                 max_buffered=max_buffered,
                 flush_interval=flush_interval,
+                curve=_curve_keys(server_key, client_key),
             )
             self.sender.start()
 
@@ -335,6 +343,23 @@ def _loss_scale(scaler: Any) -> Value:
     if isinstance(scale, torch.Tensor):
         return host_value(scale)
     return float(scaler.get_scale()) if hasattr(scaler, "get_scale") else None
+
+
+def _curve_keys(
+    server_key: str | None, client_key: str | None
+) -> tuple[bytes, bytes, bytes] | None:
+    """CURVE keys for the sender: the daemon's public key, this client's key pair."""
+    if server_key is None and client_key is None:
+        return None
+    if server_key is None or client_key is None:
+        raise ValueError(
+            "CURVE needs both server_key (the daemon's NAME.key) and client_key "
+            "(this client's NAME.key_secret)"
+        )
+    server_public, _ = load_keys(server_key, secret=False)
+    public, secret = load_keys(client_key, secret=True)
+    assert secret is not None
+    return server_public, public, secret
 
 
 def _check_arguments(

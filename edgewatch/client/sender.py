@@ -115,6 +115,7 @@ class Sender(threading.Thread):
         max_buffered: int,
         flush_interval: float,
         resend_after: float = 5.0,
+        curve: tuple[bytes, bytes, bytes] | None = None,
     ) -> None:
         super().__init__(name="edgewatch-sender", daemon=True)
         self.endpoint = endpoint
@@ -123,6 +124,7 @@ class Sender(threading.Thread):
         self.max_buffered = max_buffered
         self.flush_interval = flush_interval
         self.resend_after = resend_after
+        self.curve = curve  # (server public, own public, own secret) keys, or None
         self.inbox: collections.deque[Item] = collections.deque()
         self.max_inbox = max(4, max_buffered // 64)  # chunks are at most 64 steps
         self.stats = SenderStats()
@@ -180,6 +182,8 @@ class Sender(threading.Thread):
             sock.setsockopt(option, value)
         try:
             self._add_frame([self._record(RecordItem(JobStart, self._start_fields))], sticky=True)
+            if self.curve is not None:
+                sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self.curve
             sock.connect(self.endpoint)
             self._loop(sock)
         except Exception as exc:  # the thread must end cleanly whatever happens

@@ -24,6 +24,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 ENV_PREFIX = "EDGEWATCH_"
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,13 @@ class Settings:
     job_expiry: float = 3600.0
     """Seconds after its last record that a job's series leave ``/metrics``."""
     log_level: str = "INFO"
+    curve_secret_key: str = ""
+    """The daemon's CURVE certificate (``edgewatch keygen server`` writes
+    ``server.key_secret``): set, every connection is encrypted and authenticated."""
+    curve_clients: str = ""
+    """With CURVE: the folder of allowed clients' public certificates (``NAME.key``)."""
+    allow_plaintext: bool = False
+    """Bind a non-loopback ZeroMQ endpoint without CURVE (unencrypted, anyone may send)."""
     forecast_margin: float = DEFAULT_SETTINGS.margin
     """Alarm at this forecast ratio × max(1, sustained level); 1.0 is the quadratic's limit
     (monitor/forecast.py; the default is tuned in bench/predict)."""
@@ -70,6 +78,18 @@ class Settings:
                 f"bind={self.bind!r}: expected a ZeroMQ endpoint like tcp://127.0.0.1:5555"
             )
         self.http_address()  # validates
+        if bool(self.curve_secret_key) != bool(self.curve_clients):
+            raise ConfigError(
+                "CURVE needs both curve_secret_key (the daemon's NAME.key_secret) and "
+                "curve_clients (a folder of allowed clients' NAME.key files)"
+            )
+        if not self.curve_secret_key and not self.allow_plaintext and not is_loopback(self.bind):
+            raise ConfigError(
+                f"bind={self.bind!r} is reachable from other hosts, and without CURVE anyone "
+                "there could send records, unencrypted. Set curve_secret_key and "
+                "curve_clients (see `edgewatch keygen`), or allow_plaintext=true on a "
+                "network you trust."
+            )
         for name in ("commit_interval", "job_expiry"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
@@ -87,6 +107,11 @@ class Settings:
         return host or "127.0.0.1", int(port)
 
 
+def is_loopback(endpoint: str) -> bool:
+    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return endpoint.startswith(("ipc://", "inproc://")) or host in ("127.0.0.1", "localhost", "::1")
+
+
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
@@ -94,6 +119,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     kind = type(getattr(Settings, name))
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
+    if kind is bool and isinstance(value, str) and value.lower() in _BOOLEANS:
+        return _BOOLEANS[value.lower()]
     try:
         if kind is int and isinstance(value, str | int | float):
             return int(value)

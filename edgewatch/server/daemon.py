@@ -18,7 +18,7 @@ import zmq
 
 from edgewatch.errors import ConfigError
 from edgewatch.server.analysis import rebuild
-from edgewatch.server.config import Settings
+from edgewatch.server.config import Settings, is_loopback
 from edgewatch.server.http import ApiContext, make_http_server, serve_in_thread
 from edgewatch.server.ingest import DaemonCounters, Ingest
 from edgewatch.server.metrics import make_registry
@@ -26,11 +26,6 @@ from edgewatch.server.state import JobTable
 from edgewatch.server.store import Store
 
 log = logging.getLogger(__name__)
-
-
-def _is_loopback(endpoint: str) -> bool:
-    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    return endpoint.startswith(("ipc://", "inproc://")) or host in ("127.0.0.1", "localhost", "::1")
 
 
 class Daemon:
@@ -96,7 +91,12 @@ class Daemon:
         self._ingest_thread.start()
         serve_in_thread(self.http)
         self.ingest.ready.wait(5)
-        where = "" if _is_loopback(self.endpoint) else " (reachable from other hosts; CURVE is off)"
+        if self.settings.curve_secret_key:
+            where = f" (CURVE: clients allowed by {self.settings.curve_clients})"
+        elif is_loopback(self.endpoint):
+            where = " (loopback only, no CURVE)"
+        else:
+            where = " (reachable from other hosts, UNENCRYPTED: allow_plaintext is set)"
         log.info(
             "edgewatch daemon: ZeroMQ %s%s, HTTP %s, database %s",
             self.endpoint,

@@ -41,6 +41,7 @@ from edgewatch.schemas import (
 from edgewatch.server import rows, writer
 from edgewatch.server.analysis import RunAnalysis
 from edgewatch.server.config import Settings
+from edgewatch.server.security import CurveServer
 from edgewatch.server.state import JobState, JobTable
 from edgewatch.server.store import FrameWrite, JobProgress, Store
 from edgewatch.server.writer import CommitBatch
@@ -119,10 +120,17 @@ class Ingest:
         # as oversized; beyond it ZeroMQ drops the peer before the bytes reach memory.
         self.socket.setsockopt(zmq.MAXMSGSIZE, 2 * settings.max_frame_bytes)
         self.socket.setsockopt(zmq.RCVHWM, 10_000)
+        self.curve: CurveServer | None = None
+        if settings.curve_secret_key:
+            self.curve = CurveServer(
+                self.context, self.socket, settings.curve_secret_key, settings.curve_clients
+            )
         try:
             self.socket.bind(settings.bind)
         except zmq.ZMQError as exc:
             self.socket.close(linger=0)
+            if self.curve is not None:
+                self.curve.stop()
             raise ConfigError(
                 f"cannot bind {settings.bind}: {exc.strerror}. Is another `edgewatch serve` "
                 "running there? Choose another --bind."
@@ -141,6 +149,8 @@ class Ingest:
     def run(self, stop: threading.Event) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        if self.curve is not None:
+            poller.register(self.curve.monitor, zmq.POLLIN)
         self.ready.set()
         try:
             while not stop.is_set():
@@ -159,6 +169,10 @@ class Ingest:
             timeout = max(0.0, min(timeout, (self._deadline - time.monotonic()) * 1000))
         if poller.poll(int(timeout)):
             self._drain(max_frames=1000)
+            if self.curve is not None:
+                for reason in self.curve.failed_handshakes():
+                    self.counters.rejected[reason] += 1
+                    self._log.warning(reason, "refused a client's CURVE handshake: %s", reason)
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self.commit()
 
@@ -186,6 +200,8 @@ class Ingest:
             self.commit()
         finally:
             self.socket.close(linger=1000)
+            if self.curve is not None:
+                self.curve.stop()
 
     # -- one frame --------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ REJECT_REASONS = (
     "invalid_value",
     "unknown_job",
     "store_error",
+    "unauthorized",
+    "handshake",
 )
 """Reasons always exported (at 0 until seen), so that rate() works from the first scrape."""
 

@@ -35,15 +35,18 @@ def spawn_daemon(
     )
 
 
-def wait_healthy(url: str, daemon: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """Return once ``url``/healthz answers; raise if the daemon exits or stays silent."""
+def wait_healthy(
+    url: str, daemon: subprocess.Popen[bytes], timeout: float = 30.0, path: str = "/healthz"
+) -> None:
+    """Return once ``url`` + ``path`` answers; raise if the process exits or stays silent.
+    (Also used for Prometheus and Alertmanager in the tests: ``path="/-/ready"``.)"""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
-            raise RuntimeError(f"the daemon exited early with status {daemon.returncode}")
+            raise RuntimeError(f"{daemon.args!r} exited early with status {daemon.returncode}")
         try:
-            urllib.request.urlopen(url + "/healthz", timeout=1).close()
+            urllib.request.urlopen(url + path, timeout=1).close()
             return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"the daemon did not answer on {url} within {timeout:.0f}s")
+    raise RuntimeError(f"{url}{path} did not answer within {timeout:.0f}s")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from collections import Counter
 import time
+from collections import Counter
 from typing import Any
 
 from edgewatch.monitor.forecast import JobForecast
