@@ -8,7 +8,7 @@ DEV    := $(VENV)/.installed-dev
 # present in the venv is kept.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench bench-ingest bench-client bench-curvature bench-predict bench-alerts clean
+.PHONY: demo test lint bench bench-ingest bench-client bench-curvature bench-predict bench-alerts bench-fuzz bench-load clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
@@ -35,7 +35,7 @@ lint: $(DEV)
 test: lint
 	$(VENV)/bin/pytest
 
-bench: bench-ingest bench-client bench-curvature bench-predict bench-alerts
+bench: bench-ingest bench-client bench-curvature bench-predict bench-alerts bench-fuzz bench-load
 
 bench-ingest: $(DEV)
 	$(PY) bench/ingest.py
@@ -57,3 +57,11 @@ bench-predict: $(DEV)
 # Record-to-webhook delay through real Prometheus and Alertmanager (about 3 minutes).
 bench-alerts: $(DEV)
 	$(PY) bench/alert_path.py
+
+# 100,000 generated hostile frames against a live daemon, good traffic in between.
+bench-fuzz: $(DEV)
+	cd bench && ../$(PY) fuzz.py
+
+# 32 concurrent clients into SQLite and PostgreSQL.
+bench-load: $(DEV)
+	$(PY) bench/ingest.py --clients 32 --records 1600000

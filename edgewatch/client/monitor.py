@@ -18,6 +18,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from edgewatch.client.curvature import CurvatureSchedule
 from edgewatch.client.readback import Row, Value, host_value, pack
 from edgewatch.client.schedule import PlanSource
 from edgewatch.client.sender import PlanItem, RecordItem, Sender, StepChunk
+from edgewatch.client.spool import Spool
 from edgewatch.keys import load_keys
 from edgewatch.schemas import Event, JobEnd, Sharpness
 
@@ -69,6 +71,12 @@ class Monitor:
       daemon's public certificate (``server.key``) and this client's secret one
       (``NAME.key_secret``), both from ``edgewatch keygen``; the daemon must list this
       client's ``NAME.key`` in its ``curve_clients`` folder.
+    - ``spool_dir`` (``$EDGEWATCH_SPOOL_DIR``, else none): a folder for the disk spool.
+      Frames the daemon has not acknowledged within 2 s while it is unreachable, or past
+      ``max_buffered``, go to an append-only file there (``client/spool.py``) and are sent
+      once it answers; what is left at exit is sent by the next ``attach`` with the same
+      folder. ``spool_max_bytes`` (1 GiB) bounds it; past that, frames are dropped and
+      counted.
     - ``hook_grad_norm`` (True): whether the optimizer hook computes the gradient norm;
       integrations that measure it themselves (before clipping) turn it off and pass
       ``mon.step(loss, grad_norm=...)``.
@@ -94,6 +102,8 @@ class Monitor:
         hook_grad_norm: bool = True,
         server_key: str | None = None,
         client_key: str | None = None,
+        spool_dir: str | None = None,
+        spool_max_bytes: int = 1 << 30,
     ) -> None:
         _check_arguments(optimizer, job, endpoint, budget, total_steps)
         self.job = job
@@ -150,6 +160,7 @@ class Monitor:
                 max_buffered=max_buffered,
                 flush_interval=flush_interval,
                 curve=_curve_keys(server_key, client_key),
+                spool=_open_spool(spool_dir, job, self.run, spool_max_bytes),
             )
             self.sender.start()
 
@@ -276,7 +287,8 @@ class Monitor:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: records sent/acknowledged/rejected/dropped, errors, unacknowledged."""
+        """Counters: records sent/acknowledged/rejected/dropped, errors, unacknowledged,
+        spooled (written to the disk spool) and spool_torn_bytes (discarded, torn)."""
         s = self.sender.stats if self.sender else None
         return {
             "steps": self._step,
@@ -286,6 +298,8 @@ class Monitor:
             "dropped": s.dropped if s else 0,
             "unacknowledged": self.sender.unacknowledged if self.sender else 0,
             "errors": self.errors + (s.errors if s else 0),
+            "spooled": s.spooled if s else 0,
+            "spool_torn_bytes": s.spool_torn_bytes if s else 0,
         }
 
     def close(self, status: str = "finished", timeout: float | None = None) -> None:
@@ -343,6 +357,17 @@ def _loss_scale(scaler: Any) -> Value:
     if isinstance(scale, torch.Tensor):
         return host_value(scale)
     return float(scaler.get_scale()) if hasattr(scaler, "get_scale") else None
+
+
+def _open_spool(folder: str | None, job: str, run: int, max_bytes: int) -> Spool | None:
+    folder = folder or os.environ.get("EDGEWATCH_SPOOL_DIR")
+    if not folder:
+        return None
+    try:
+        return Spool(Path(folder), job, run, max_bytes)
+    except OSError as exc:  # an unwritable folder: monitoring goes on without a spool
+        log.warning("edgewatch: no spool in %s (%s); records stay in memory", folder, exc)
+        return None
 
 
 def _curve_keys(

@@ -25,6 +25,7 @@ import zmq
 
 from edgewatch.client.readback import VALUES_PER_ROW, Packed, Row
 from edgewatch.client.schedule import REPLAN_BEFORE_END, Lookahead
+from edgewatch.client.spool import Spool, orphans
 from edgewatch.monitor.plan import LRPlan, compress
 from edgewatch.schemas import (
     Ack,
@@ -42,6 +43,7 @@ from edgewatch.schemas import (
 log = logging.getLogger("edgewatch.client")
 
 MAX_FRAME_RECORDS = 4096
+SPOOL_AFTER = 2.0  # seconds a frame waits for a daemon before it goes to the spool
 INF = float("inf")
 CONNECT_GRACE = 2.0
 
@@ -77,6 +79,13 @@ class PlanItem:
 Item: TypeAlias = StepChunk | RecordItem | PlanItem
 
 
+def _record_count(payload: bytes) -> int | None:
+    try:
+        return len(msgspec.msgpack.decode(payload, type=Batch).records)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
 def _ready(item: Item) -> bool:
     return not isinstance(item, StepChunk) or item.packed.ready()
 
@@ -88,6 +97,7 @@ class _Frame:
     payload: bytes
     sticky: bool  # holds the JobStart: never dropped
     sent_at: float | None = None
+    created_at: float = dataclasses.field(default_factory=time.monotonic)
 
 
 @dataclasses.dataclass
@@ -96,8 +106,10 @@ class SenderStats:
     acknowledged: int = 0
     rejected: int = 0
     dropped_queue: int = 0  # by the training thread: inbox full (written by it alone)
-    dropped_buffer: int = 0  # by the sender: unacknowledged buffer full
+    dropped_buffer: int = 0  # by the sender: unacknowledged buffer (and spool) full
     errors: int = 0
+    spooled: int = 0  # records written to the disk spool (some more than once)
+    spool_torn_bytes: int = 0  # discarded from spools cut off mid-record
 
     @property
     def dropped(self) -> int:
@@ -116,6 +128,7 @@ class Sender(threading.Thread):
         flush_interval: float,
         resend_after: float = 5.0,
         curve: tuple[bytes, bytes, bytes] | None = None,
+        spool: Spool | None = None,
     ) -> None:
         super().__init__(name="edgewatch-sender", daemon=True)
         self.endpoint = endpoint
@@ -125,9 +138,12 @@ class Sender(threading.Thread):
         self.flush_interval = flush_interval
         self.resend_after = resend_after
         self.curve = curve  # (server public, own public, own secret) keys, or None
+        self.spool = spool  # frames unacknowledged for long, or past max_buffered, go here
+        self._from_spool: set[int] = set()  # frame ids read back from the spool, unacked
         self.inbox: collections.deque[Item] = collections.deque()
         self.max_inbox = max(4, max_buffered // 64)  # chunks are at most 64 steps
         self.stats = SenderStats()
+        self.spooled_records = 0  # records waiting in the spool (not in memory)
         self.connected = False
         self.stability_ratio: float | None = None  # the daemon's view, from its last Ack
         self.plan: LRPlan | None = None  # the LR plan sent last
@@ -163,7 +179,7 @@ class Sender(threading.Thread):
 
     @property
     def unacknowledged(self) -> int:
-        return self._buffered + len(self.inbox) + len(self._unsent)
+        return self._buffered + len(self.inbox) + len(self._unsent) + self.spooled_records
 
     # -- sender thread ----------------------------------------------------------------
 
@@ -181,6 +197,8 @@ class Sender(threading.Thread):
         ):
             sock.setsockopt(option, value)
         try:
+            if self.spool is not None:
+                self._adopt_orphans()  # a dead run's frames go before this run's JobStart
             self._add_frame([self._record(RecordItem(JobStart, self._start_fields))], sticky=True)
             if self.curve is not None:
                 sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self.curve
@@ -189,6 +207,8 @@ class Sender(threading.Thread):
         except Exception as exc:  # the thread must end cleanly whatever happens
             self._note("sender", f"sender thread stopped: {exc!r}")
         finally:
+            if self.spool is not None:
+                self._close_spool()
             sock.close(linger=0)
             context.term()
 
@@ -199,6 +219,8 @@ class Sender(threading.Thread):
         while True:
             try:
                 self._frame_inbox()
+                if self.spool is not None:
+                    self._spool_or_drain()
                 if self._send_frames(sock):
                     last_contact = time.monotonic()
                 if poller.poll(int(self.flush_interval * 1000)):
@@ -334,9 +356,75 @@ class Sender(threading.Thread):
             oldest = next((f for f in self._frames.values() if not f.sticky), None)
             if oldest is None:
                 break
-            del self._frames[oldest.frame_id]
-            self._buffered -= oldest.records
-            self.stats.dropped_buffer += oldest.records
+            self._evict(oldest)
+
+    def _evict(self, frame: _Frame) -> None:
+        """Out of memory: into the spool when there is one with room, else dropped."""
+        del self._frames[frame.frame_id]
+        self._buffered -= frame.records
+        self._from_spool.discard(frame.frame_id)
+        if self.spool is not None and self.spool.append(frame.payload):
+            self.stats.spooled += frame.records
+            self.spooled_records += frame.records
+        else:
+            self.stats.dropped_buffer += frame.records
+
+    # -- the spool (sender thread only) -----------------------------------------------
+
+    def _spool_or_drain(self) -> None:
+        """While no daemon answers, frames older than SPOOL_AFTER go to disk; once one
+        answers, spooled frames come back a batch at a time, as memory allows."""
+        assert self.spool is not None
+        now = time.monotonic()
+        if not self.connected:
+            for frame in list(self._frames.values()):
+                if not frame.sticky and now - frame.created_at > SPOOL_AFTER:
+                    self._evict(frame)
+            return
+        while self.spool.frames and self._buffered < self.max_buffered // 2:
+            for payload in self.spool.read(16):
+                self._readopt(payload)
+        if not self.spool.frames and not self._from_spool and self.spool.size:
+            self.spool.clear()  # everything it held is acknowledged
+            self.spooled_records = 0
+
+    def _readopt(self, payload: bytes) -> None:
+        """A spooled frame back into memory under a new frame id (ids are per sender)."""
+        try:
+            batch = msgspec.msgpack.decode(payload, type=Batch)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.stats.spool_torn_bytes += len(payload)
+            return
+        frame_id = self._next_frame_id
+        self._next_frame_id += 1
+        again = encode(msgspec.structs.replace(batch, frame_id=frame_id))
+        self._frames[frame_id] = _Frame(frame_id, len(batch.records), again, False)
+        self._buffered += len(batch.records)
+        self.spooled_records -= len(batch.records)
+        self._from_spool.add(frame_id)
+
+    def _adopt_orphans(self) -> None:
+        """Spools left by runs that died: their intact frames into our spool, to be sent
+        like ours; a torn tail is discarded and counted."""
+        assert self.spool is not None
+        for path, frames, torn in orphans(self.spool.path.parent):
+            if path == self.spool.path:
+                continue
+            for payload in frames:
+                records = _record_count(payload)
+                if records is not None and self.spool.append(payload):
+                    self.spooled_records += records
+            self.stats.spool_torn_bytes += torn
+            if torn:
+                self._note("torn_spool", f"{path.name}: discarded a torn tail of {torn} bytes")
+            path.unlink(missing_ok=True)
+
+    def _close_spool(self) -> None:
+        """At exit: whatever is still unacknowledged goes to disk for the next run."""
+        assert self.spool is not None
+        for frame in list(self._frames.values()):
+            self._evict(frame)
+        self.spool.close(remove=self.spool.frames == 0)
 
     def _send_frames(self, sock: zmq.Socket[Any]) -> bool:
         now = time.monotonic()
@@ -365,6 +453,7 @@ class Sender(threading.Thread):
                 self._note("bad_reply", "undecodable reply from the daemon (ignored)")
                 continue
             frame = self._frames.pop(reply.frame_id, None) if reply.frame_id is not None else None
+            self._from_spool.discard(reply.frame_id or 0)
             if frame is None:
                 continue  # the answer to a resent frame already answered (or a garbled id)
             self._buffered -= frame.records

@@ -11,6 +11,7 @@ and their inserts are no-ops (alerts are keyed by their number within the run).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -37,6 +38,8 @@ class RunAnalysis:
         self.job_pk, self.run = job_pk, run
         self.forecast = JobForecast(optimizer, settings, total_steps)
         self.last_seq = 0  # records at or below it were fed already (resends)
+        self.live = True  # False while replaying stored records: their own times count
+        self.changed_at: dict[str, float] = {}  # latest change into each state (daemon clock)
 
     def step(
         self, seq: int, step: int, lr: float, loss: float | None, grad_norm: float | None
@@ -62,7 +65,9 @@ class RunAnalysis:
         return None
 
     def alert_row(self, alert: Alert, wall_time: float) -> tuple[Any, ...]:
-        """The alerts-table tuple (INSERT_COLUMNS order); seq is the alert's number."""
+        """The alerts-table tuple (INSERT_COLUMNS order); seq is the alert's number. Also
+        notes when the state changed, for ``edgewatch_state_changed_timestamp_seconds``."""
+        self.changed_at[alert.state] = time.time() if self.live else wall_time
         return (
             self.job_pk,
             self.run,
@@ -127,6 +132,8 @@ def rebuild(
 ) -> RunAnalysis:
     """A run's analysis from its stored records (daemon start); stores any alert missing."""
     analysis = RunAnalysis(job_pk, run, optimizer, settings, total_steps)
+    analysis.live = False
     raised = analysis.feed_rows(store.run_records(job_pk, run))
+    analysis.live = True
     store.add_alerts(raised)
     return analysis

@@ -74,7 +74,7 @@ class Daemon:
             if analysis.forecast.estimates:
                 state.sharpness = analysis.forecast.estimates[-1].value
                 state.sharpness_step = analysis.forecast.estimates[-1].step
-            state.follow(analysis.forecast)
+            state.follow(analysis.forecast, analysis.changed_at)
             self.jobs.put(state)
 
     @property

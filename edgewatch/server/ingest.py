@@ -314,6 +314,14 @@ class Ingest:
         current = self.jobs.get(start.job)
         if current is not None and current.run == start.run and current.status == "running":
             return current  # a resent JobStart
+        if (
+            current is not None
+            and current.run != start.run
+            and start.wall_time < current.started_at
+        ):
+            # An earlier run's JobStart arriving late (from a spool the next run sent on):
+            # its records are stored under their own run; the job stays on its latest.
+            return current
         row = self.store.upsert_job(start)
         state = JobState.from_row(row, time.time())
         state.records = row["records"]
@@ -398,7 +406,7 @@ class Ingest:
                 state.status, state.ended_at = u.end.status, u.end.wall_time
             analysis = self.analyses.get(pk)
             if analysis is not None:
-                state.follow(analysis.forecast)
+                state.follow(analysis.forecast, analysis.changed_at)
             self.jobs.put(state)
         return updated
 

@@ -95,6 +95,13 @@ class EdgewatchCollector(Collector):
             "unstable, diverged.",
             labels=["job_id", "state"],
         )
+        changed_at = GaugeMetricFamily(
+            "edgewatch_state_changed_timestamp_seconds",
+            "When the job's forecast last changed into each state (daemon clock); absent "
+            "for a state it has not been in. Alert rules use it to keep a state that lasted "
+            "less than a scrape.",
+            labels=["job_id", "state"],
+        )
         changes = CounterMetricFamily(
             "edgewatch_alerts",
             "State changes of the job's forecast into each state, this run (every state "
@@ -127,8 +134,10 @@ class EdgewatchCollector(Collector):
             for name in STATES:
                 states.add_metric([s.job_id, name], 1.0 if s.state == name else 0.0)
                 changes.add_metric([s.job_id, name], s.alert_counts.get(name, 0))
+                if name in s.state_changed_at:
+                    changed_at.add_metric([s.job_id, name], s.state_changed_at[name])
         yield from (step, lr, loss, grad, sharp, thr, ratio, seen, to_go, rec_lr, rec_warmup)
-        yield from (running, states, changes)
+        yield from (running, states, changes, changed_at)
 
     def _daemon(self, jobs: list[JobState]) -> Iterator[Metric]:
         c = self.counters

@@ -51,6 +51,9 @@ class JobState:
     sustained_level: float | None = None
     forecast_reason: str = "no sharpness yet"
     planned_lr: bool = False
+    state_changed_at: dict[str, float] = dataclasses.field(default_factory=dict)
+    """When the forecast last changed into each state (daemon clock): a state shorter
+    than a scrape still shows (edgewatch_state_changed_timestamp_seconds)."""
     alert_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     """State changes into each state so far in this run: a short state between two scrapes
     still shows as an increase (edgewatch_alerts_total)."""
@@ -137,8 +140,10 @@ class JobState:
             },
         }
 
-    def follow(self, forecast: JobForecast) -> None:
+    def follow(self, forecast: JobForecast, changed_at: dict[str, float] | None = None) -> None:
         """Copy what the run's forecast says now."""
+        if changed_at is not None:
+            self.state_changed_at = dict(changed_at)
         self.state = forecast.state
         self.steps_to_instability = forecast.steps_to_instability
         self.recommended_lr = forecast.recommended_lr
