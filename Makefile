@@ -8,7 +8,7 @@ DEV    := $(VENV)/.installed-dev
 # present in the venv is kept.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench bench-ingest bench-client bench-curvature bench-predict bench-alerts bench-fuzz bench-load clean
+.PHONY: demo test lint bench bench-ingest bench-client bench-curvature bench-predict bench-alerts bench-fuzz bench-load bench-outage clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
@@ -35,7 +35,7 @@ lint: $(DEV)
 test: lint
 	$(VENV)/bin/pytest
 
-bench: bench-ingest bench-client bench-curvature bench-predict bench-alerts bench-fuzz bench-load
+bench: bench-ingest bench-client bench-curvature bench-predict bench-alerts bench-fuzz bench-load bench-outage
 
 bench-ingest: $(DEV)
 	$(PY) bench/ingest.py
@@ -65,3 +65,7 @@ bench-fuzz: $(DEV)
 # 32 concurrent clients into SQLite and PostgreSQL.
 bench-load: $(DEV)
 	$(PY) bench/ingest.py --clients 32 --records 1600000
+
+# Step time through a long daemon outage (disk spool) against a live daemon, side by side.
+bench-outage: $(DEV)
+	$(PY) bench/outage.py

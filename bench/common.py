@@ -42,6 +42,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+DAEMON_PIDS: list[int] = []  # of the daemons daemon_process started, newest last
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM), in MB; NaN where /proc is absent."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            line = next(line for line in f if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return float("nan")
+
+
 @contextmanager
 def daemon_process(db_url: str, **flags: str) -> Iterator[tuple[str, str]]:
     """``edgewatch serve`` in its own process; yields (zmq endpoint, http url)."""
@@ -51,6 +64,7 @@ def daemon_process(db_url: str, **flags: str) -> Iterator[tuple[str, str]]:
     for key, value in flags.items():
         args += (f"--{key.replace('_', '-')}", value)
     proc = spawn_daemon(db_url, endpoint, f"127.0.0.1:{http_port}", args=args)
+    DAEMON_PIDS.append(proc.pid)
     url = f"http://127.0.0.1:{http_port}"
     try:
         wait_healthy(url, proc)

@@ -85,7 +85,7 @@ def frame(rng: random.Random) -> bytes:
         "frame_id": rng.randint(0, 2**32),
         "records": [record(rng, job) for _ in range(rng.randint(0, 8))],
     }
-    if kind > 0.98:  # a huge array
+    if kind > 0.999:  # a huge array (one frame in a thousand)
         batch["records"] = [{"type": "step"}] * rng.randint(100_000, 200_000)
     payload = msgspec.msgpack.encode(batch)
     if kind > 0.9:  # truncated

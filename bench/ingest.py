@@ -22,7 +22,7 @@ from pathlib import Path
 
 import sqlalchemy
 import zmq
-from common import daemon_process, header, postgres_database
+from common import DAEMON_PIDS, daemon_process, header, peak_rss_mb, postgres_database
 
 from edgewatch.schemas import Ack, Batch, JobStart, OptimizerInfo, Step, decode_reply, encode
 from edgewatch.server.rows import step_row
@@ -31,6 +31,8 @@ from edgewatch.server.tables import StepRow
 
 FRAME = 4096
 WINDOW = 8
+LAST_LAGS: list[float] = []  # median and p99 send-to-Ack of the last end-to-end run
+LAST_RSS: list[float] = []  # the daemon's peak RSS in that run (MB)
 
 
 def make_steps(job: str, run: int, n: int, first_seq: int = 1) -> list[Step]:
@@ -109,20 +111,26 @@ def end_to_end(url: str, clients: int, per_client: int) -> tuple[float, int]:
             poller.register(sock, zmq.POLLIN)
         next_frame = [1] * clients
         in_flight = [0] * clients
+        sent_at: dict[tuple[int, int], float] = {}
+        lags: list[float] = []  # send to Ack (after the commit), per frame
         acked = 0
         t0 = time.perf_counter()
         while acked < clients * per_client:
             for c, sock in enumerate(socks):
                 while in_flight[c] < WINDOW and next_frame[c] < len(frames[c]):
                     sock.send(frames[c][next_frame[c]])
+                    sent_at[c, next_frame[c]] = time.perf_counter()
                     next_frame[c] += 1
                     in_flight[c] += 1
             for sock, _ in poller.poll(1000):
                 reply = decode_reply(sock.recv())
                 assert isinstance(reply, Ack), reply
                 acked += reply.stored + reply.duplicates
-                in_flight[socks.index(sock)] -= 1
+                c = socks.index(sock)
+                lags.append(time.perf_counter() - sent_at.pop((c, reply.frame_id)))
+                in_flight[c] -= 1
         elapsed = time.perf_counter() - t0
+        LAST_RSS[:] = [peak_rss_mb(DAEMON_PIDS[-1])]
         for sock in socks:
             sock.close(0)
         ctx.term()
@@ -130,6 +138,8 @@ def end_to_end(url: str, clients: int, per_client: int) -> tuple[float, int]:
     with engine.connect() as conn:
         stored = conn.scalar(sqlalchemy.text("SELECT count(*) FROM steps"))
     engine.dispose()
+    lags.sort()
+    LAST_LAGS[:] = [lags[len(lags) // 2], lags[int(len(lags) * 0.99)]]
     return clients * per_client / elapsed, int(stored or 0)
 
 
@@ -148,9 +158,10 @@ def main() -> None:
     )
     print(
         "| database | raw insert, daemon path (rows/s) | raw insert, Core dicts (rows/s) | "
-        f"end to end, {args.clients} clients (records/s) | e2e / raw | rows stored |"
+        f"end to end, {args.clients} clients (records/s) | e2e / raw | rows stored | "
+        "frame send to Ack, median / p99 (ms) | daemon peak RSS (MB) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp, postgres_database() as pg:
         targets = [
             (
@@ -166,12 +177,15 @@ def main() -> None:
             if raw_url == e2e_url:  # one PostgreSQL database: start the e2e run empty
                 engine = sqlalchemy.create_engine(e2e_url)
                 with engine.begin() as conn:
-                    conn.execute(sqlalchemy.text("DROP TABLE steps, sharpness, events, jobs"))
+                    conn.execute(
+                        sqlalchemy.text("DROP TABLE alerts, steps, sharpness, events, jobs")
+                    )
                 engine.dispose()
             e2e, stored = end_to_end(e2e_url, args.clients, per_client)
             print(
                 f"| {name} | {raw:,.0f} | {core:,.0f} | {e2e:,.0f} | {e2e / raw:.0%} | "
-                f"{stored:,} of {args.clients * per_client:,} |",
+                f"{stored:,} of {args.clients * per_client:,} | "
+                f"{1000 * LAST_LAGS[0]:.0f} / {1000 * LAST_LAGS[1]:.0f} | {LAST_RSS[0]:.0f} |",
                 flush=True,
             )
 
