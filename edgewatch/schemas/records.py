@@ -159,8 +159,9 @@ class Ack(msgspec.Struct, frozen=True, kw_only=True, tag="ack"):
     """Records refused one by one (see ``reason``); the rest of the frame is stored."""
     reason: str = ""
     stability_ratio: float | None = None
-    """The job's current sharpness / threshold as the daemon sees it; the client measures
-    curvature more often when it nears 1."""
+    """The job's current sharpness / threshold as the daemon sees it, raised to at least 1
+    while its forecast is not ``stable``; the client measures curvature more often from
+    0.8 on."""
 
 
 class Nack(msgspec.Struct, frozen=True, kw_only=True, tag="nack"):
