@@ -62,9 +62,10 @@ bench-alerts: $(DEV)
 bench-fuzz: $(DEV)
 	cd bench && ../$(PY) fuzz.py
 
-# 32 concurrent clients into SQLite and PostgreSQL.
+# 32 concurrent clients into SQLite and PostgreSQL: at full speed, then at half that rate
+# for the lag of a steady load.
 bench-load: $(DEV)
-	$(PY) bench/ingest.py --clients 32 --records 1600000
+	$(PY) bench/ingest.py --clients 32 --records 1600000 --paced 0.5
 
 # Step time through a long daemon outage (disk spool) against a live daemon, side by side.
 bench-outage: $(DEV)

@@ -80,7 +80,11 @@ def raw_rates(url: str, n: int) -> tuple[float, float]:
     return daemon_path, core
 
 
-def end_to_end(url: str, clients: int, per_client: int) -> tuple[float, int]:
+def end_to_end(
+    url: str, clients: int, per_client: int, rate: float | None = None
+) -> tuple[float, int]:
+    """Records/s and rows stored; at full speed, or releasing frames at ``rate`` records/s
+    in all (round robin over the clients) to measure the lag of a sustainable load."""
     with daemon_process(url, commit_interval="0.05") as (endpoint, _http):
         ctx = zmq.Context()
         socks, frames = [], []
@@ -115,14 +119,18 @@ def end_to_end(url: str, clients: int, per_client: int) -> tuple[float, int]:
         lags: list[float] = []  # send to Ack (after the commit), per frame
         acked = 0
         t0 = time.perf_counter()
+        released = 0  # frames sent so far, all clients (for pacing)
         while acked < clients * per_client:
             for c, sock in enumerate(socks):
                 while in_flight[c] < WINDOW and next_frame[c] < len(frames[c]):
+                    if rate and time.perf_counter() < t0 + released * FRAME / rate:
+                        break  # paced: this frame's time has not come
+                    released += 1
                     sock.send(frames[c][next_frame[c]])
                     sent_at[c, next_frame[c]] = time.perf_counter()
                     next_frame[c] += 1
                     in_flight[c] += 1
-            for sock, _ in poller.poll(1000):
+            for sock, _ in poller.poll(5 if rate else 1000):
                 reply = decode_reply(sock.recv())
                 assert isinstance(reply, Ack), reply
                 acked += reply.stored + reply.duplicates
@@ -143,17 +151,36 @@ def end_to_end(url: str, clients: int, per_client: int) -> tuple[float, int]:
     return clients * per_client / elapsed, int(stored or 0)
 
 
+def _fresh(url: str, tmp: Path) -> str:
+    """An empty database for another end-to-end run."""
+    if url.startswith("sqlite"):
+        return f"sqlite:///{tmp / 'paced.db'}"
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("DROP TABLE alerts, steps, sharpness, events, jobs"))
+    engine.dispose()
+    return url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--records", type=int, default=400_000, help="in all, split over clients")
+    parser.add_argument(
+        "--paced",
+        type=float,
+        default=0.0,
+        help="also run at this fraction of the full-speed rate, for the lag at a steady load",
+    )
     args = parser.parse_args()
     per_client = args.records // args.clients
     print(
         header(
             "Ingest: N clients to committed rows, next to the raw insert rate",
             "make bench-ingest  "
-            f"(bench/ingest.py --clients {args.clients} --records {args.records})",
+            f"(bench/ingest.py --clients {args.clients} --records {args.records}"
+            + (f" --paced {args.paced}" if args.paced else "")
+            + ")",
         )
     )
     print(
@@ -175,12 +202,7 @@ def main() -> None:
         for name, raw_url, e2e_url in targets:
             raw, core = raw_rates(raw_url, args.records)
             if raw_url == e2e_url:  # one PostgreSQL database: start the e2e run empty
-                engine = sqlalchemy.create_engine(e2e_url)
-                with engine.begin() as conn:
-                    conn.execute(
-                        sqlalchemy.text("DROP TABLE alerts, steps, sharpness, events, jobs")
-                    )
-                engine.dispose()
+                _fresh(e2e_url, Path(tmp))
             e2e, stored = end_to_end(e2e_url, args.clients, per_client)
             print(
                 f"| {name} | {raw:,.0f} | {core:,.0f} | {e2e:,.0f} | {e2e / raw:.0%} | "
@@ -188,6 +210,17 @@ def main() -> None:
                 f"{1000 * LAST_LAGS[0]:.0f} / {1000 * LAST_LAGS[1]:.0f} | {LAST_RSS[0]:.0f} |",
                 flush=True,
             )
+            if args.paced:
+                paced_url = _fresh(e2e_url, Path(tmp))
+                rate = args.paced * e2e
+                got, stored = end_to_end(paced_url, args.clients, per_client, rate=rate)
+                print(
+                    f"| {name}, paced at {rate:,.0f} records/s | | | {got:,.0f} | | "
+                    f"{stored:,} of {args.clients * per_client:,} | "
+                    f"{1000 * LAST_LAGS[0]:.0f} / {1000 * LAST_LAGS[1]:.0f} | "
+                    f"{LAST_RSS[0]:.0f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
