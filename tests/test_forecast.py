@@ -143,3 +143,15 @@ def test_plans_compress_within_tolerance(lrs: list[float], knots: int | None) ->
         assert len(plan.steps) < 100
     for i, lr in enumerate(lrs):
         assert plan.at(7 + i) == pytest.approx(lr, rel=1.01e-3, abs=1e-12)
+
+
+def test_the_gradient_norm_rule_warns_when_enabled_and_is_off_by_default() -> None:
+    norms = [1.0] * 200 + [4.0] * 10
+    default, enabled = JobForecast(SGD), JobForecast(SGD, PredictorSettings(grad_excursion=2.0))
+    for t, g in enumerate(norms):
+        default.observe_step(t, 0.1, 1.0, g)
+        enabled.observe_step(t, 0.1, 1.0, g)
+    assert default.alerts == []
+    alert = enabled.alerts[0]
+    assert (alert.step, alert.state) == (201, "approaching")  # two steps into the jump
+    assert "gradient norm" in alert.reason

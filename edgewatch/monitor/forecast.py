@@ -69,7 +69,11 @@ class PredictorSettings:
     loss_excursion: float = 1.6
     """Short loss average over its running minimum that means the job is unstable."""
     loss_smoothing: float = 0.3
-    """Weight of the newest loss in the short average."""
+    """Weight of the newest loss (and gradient norm) in the short average."""
+    grad_excursion: float = math.inf
+    """Short gradient-norm average over its long one (weight 0.02) from which the job is
+    ``approaching``: the oscillation along the top eigenvector grows in the gradient
+    before the loss shows it. Off (infinite) unless tuning finds it earns its place."""
     recover_steps: int = 20
     """Quiet steps before an alarm state goes back to stable."""
     safety: float = 0.8
@@ -134,6 +138,8 @@ class JobForecast:
         self.estimates: deque[_Estimate] = deque(maxlen=max(settings.sustained_window, 8))
         self.loss_average: float | None = None
         self.loss_floor = math.inf
+        self.grad_average: float | None = None
+        self.grad_baseline: float | None = None
         self.quiet = 0  # consecutive steps with nothing alarming
         self.cross_at: int | None = None  # forecast step of the crossing
         self.cross_low: int | None = None
@@ -181,6 +187,13 @@ class JobForecast:
                 loss if self.loss_average is None else (a * loss + (1 - a) * self.loss_average)
             )
             self.loss_floor = min(self.loss_floor, self.loss_average)
+        if grad_norm is not None and self.settings.grad_excursion < math.inf:
+            a = self.settings.loss_smoothing
+            if self.grad_average is None or self.grad_baseline is None:
+                self.grad_average = self.grad_baseline = grad_norm
+            else:
+                self.grad_average = a * grad_norm + (1 - a) * self.grad_average
+                self.grad_baseline = 0.02 * grad_norm + 0.98 * self.grad_baseline
         if self.plan is not None and self._off_plan(step, lr):
             self._forecast(step)
         elif self.plan is None and self.estimates and _moved(lr, self.lr_assumed):
@@ -222,6 +235,12 @@ class JobForecast:
         limit before the loss spikes (it catapults to a flatter region instead, Lewkowycz
         et al. 2020, arXiv 2003.02218); 1.0 makes the forecast exact on a quadratic."""
         return self.settings.margin * max(1.0, self.sustained_level)
+
+    @property
+    def grad_ratio(self) -> float:
+        if self.grad_average is None or not self.grad_baseline:
+            return 1.0
+        return self.grad_average / self.grad_baseline
 
     @property
     def loss_ratio(self) -> float:
@@ -355,12 +374,14 @@ class JobForecast:
         wanted: State = "stable"
         if (to_go is not None and to_go <= 0) or self.loss_ratio >= s.loss_excursion:
             wanted = "unstable"
-        elif to_go is not None and to_go <= s.horizon:
+        elif (to_go is not None and to_go <= s.horizon) or self.grad_ratio >= s.grad_excursion:
             wanted = "approaching"
         if wanted == "unstable" and self.loss_ratio >= s.loss_excursion:
             why = f"loss at {self.loss_ratio:.2f}× its running minimum"
             if to_go is not None and to_go <= 0:
                 why += "; " + self.reason
+        elif wanted == "approaching" and self.grad_ratio >= s.grad_excursion:
+            why = f"gradient norm at {self.grad_ratio:.2f}× its long average"
         else:
             why = self.reason
         if wanted == "stable":
