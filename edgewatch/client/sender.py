@@ -221,6 +221,7 @@ class Sender(threading.Thread):
                 self._frame_inbox()
                 if self.spool is not None:
                     self._spool_or_drain()
+                    self.spool.flush()  # one write to the OS per iteration, not per frame
                 if self._send_frames(sock):
                     last_contact = time.monotonic()
                 if poller.poll(int(self.flush_interval * 1000)):

@@ -69,11 +69,14 @@ class Spool:
         if self.size + len(record) > self.max_bytes:
             return False
         self._file.seek(0, os.SEEK_END)
-        self._file.write(record)
-        self._file.flush()  # to the OS: survives the process (not a power cut; no fsync)
+        self._file.write(record)  # buffered: flush() once per sender iteration
         self.size += len(record)
         self.frames += 1
         return True
+
+    def flush(self) -> None:
+        """To the OS: survives the death of the process (not a power cut: no fsync)."""
+        self._file.flush()
 
     def read(self, count: int) -> list[bytes]:
         """Up to ``count`` frames not read yet, oldest first."""
@@ -93,6 +96,7 @@ class Spool:
         self.size = self.read_offset = self.frames = 0
 
     def close(self, *, remove: bool) -> None:
+        self._file.flush()
         if remove:
             self.path.unlink(missing_ok=True)
         fcntl.flock(self._file, fcntl.LOCK_UN)
