@@ -26,7 +26,7 @@ from toy import run_toy
 mon = run_toy({job!r}, {endpoint!r}, {steps}, close_timeout=180)
 stats = mon.stats
 print(stats, flush=True)
-sys.exit(0 if stats["unacknowledged"] == 0 and stats["dropped"] == 0 else 3)
+sys.exit(0 if stats["unacknowledged"] == stats["dropped"] == stats["rejected"] == 0 else 3)
 """
 
 
@@ -80,5 +80,5 @@ def test_sigkilled_daemon_loses_no_acknowledged_step_and_stores_none_twice(
         ).all()
     engine.dispose()
     assert len(rows) == CLIENTS
-    for job, count, distinct, first, last in rows:
-        assert (count, distinct, first, last) == (STEPS, STEPS, 0, STEPS - 1), job
+    for (job, count, distinct, first, last), output in zip(rows, outputs, strict=True):
+        assert (count, distinct, first, last) == (STEPS, STEPS, 0, STEPS - 1), (job, output)

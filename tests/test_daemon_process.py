@@ -137,3 +137,41 @@ def test_a_port_in_use_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
             assert result.returncode == 2, result.stderr
             assert "Traceback" not in result.stderr
             assert f"Choose another {flag}" in result.stderr
+
+
+def test_a_daemon_on_a_new_database_gets_the_job_start_again(tmp_path: Path) -> None:
+    port, http_port = free_port(), free_port()
+    log = tmp_path / "daemon.log"
+    first = start_daemon(f"sqlite:///{tmp_path / 'old.db'}", port, http_port, log)
+    param = __import__("torch").zeros(2, requires_grad=True)
+    optimizer = __import__("torch").optim.SGD([param], lr=0.1)
+    mon = edgewatch.attach(optimizer, job="moved", endpoint=f"tcp://127.0.0.1:{port}",
+                           close_timeout=20)  # fmt: skip
+    for i in range(100):
+        param.grad = param.detach() + i
+        optimizer.step()
+        mon.step(float(i))
+    deadline = time.monotonic() + 10
+    while mon.stats["unacknowledged"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=10) == 0
+    # A daemon on another database: it has never heard of the job.
+    second = start_daemon(f"sqlite:///{tmp_path / 'new.db'}", port, http_port, log)
+    try:
+        for i in range(100, 300):
+            param.grad = param.detach() + i
+            optimizer.step()
+            mon.step(float(i))
+        mon.close()
+        assert mon.stats["unacknowledged"] == 0 and mon.stats["rejected"] == 0
+        new = [s["step"] for s in http_json(f"http://127.0.0.1:{http_port}/api/jobs/moved/steps")]
+        engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+        with engine.connect() as conn:
+            old = list(conn.scalars(sqlalchemy.text("SELECT step FROM steps")))
+        engine.dispose()
+        # Every step reached one daemon or the other, once; the later ones the new one.
+        assert sorted(old + new) == list(range(300)) and set(range(100, 300)) <= set(new)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=10)

@@ -107,12 +107,15 @@ def test_multipart_and_oversized_frames_are_rejected(make_daemon: Any) -> None:
         ctx.term()
 
 
-def test_records_of_an_unknown_job_are_refused(daemon: Daemon, dealer: zmq.Socket[Any]) -> None:
+def test_a_frame_of_an_unknown_job_is_refused_whole(
+    daemon: Daemon, dealer: zmq.Socket[Any]
+) -> None:
+    # Refused as a frame (a Nack), not record by record: the client keeps it and sends
+    # its JobStart again first (tests/test_daemon_process.py).
     reply = send(dealer, "ghost", [step("ghost", i) for i in range(1, 6)])
-    assert isinstance(reply, Ack) and reply.stored == 0 and reply.rejected == 5
-    assert reply.reason == "unknown_job"
-    assert metric(daemon, "edgewatch_messages_rejected_total", reason="unknown_job") == 5
-    assert daemon.jobs.get("ghost") is None
+    assert isinstance(reply, Nack) and reply.reason == "unknown_job"
+    assert metric(daemon, "edgewatch_messages_rejected_total", reason="unknown_job") == 1
+    assert daemon.jobs.get("ghost") is None and daemon.store.count("steps") == 0
 
 
 def test_bad_values_are_refused_one_by_one_and_nonfinite_losses_kept(

@@ -140,6 +140,7 @@ class Sender(threading.Thread):
         self.curve = curve  # (server public, own public, own secret) keys, or None
         self.spool = spool  # frames unacknowledged for long, or past max_buffered, go here
         self._from_spool: set[int] = set()  # frame ids read back from the spool, unacked
+        self._start_record: AnyRecord | None = None  # the JobStart, kept to send again
         self.inbox: collections.deque[Item] = collections.deque()
         self.max_inbox = max(4, max_buffered // 64)  # chunks are at most 64 steps
         self.stats = SenderStats()
@@ -199,7 +200,8 @@ class Sender(threading.Thread):
         try:
             if self.spool is not None:
                 self._adopt_orphans()  # a dead run's frames go before this run's JobStart
-            self._add_frame([self._record(RecordItem(JobStart, self._start_fields))], sticky=True)
+            self._start_record = self._record(RecordItem(JobStart, self._start_fields))
+            self._add_frame([self._start_record], sticky=True)
             if self.curve is not None:
                 sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self.curve
             sock.connect(self.endpoint)
@@ -430,7 +432,12 @@ class Sender(threading.Thread):
     def _send_frames(self, sock: zmq.Socket[Any]) -> bool:
         now = time.monotonic()
         sent = False
-        for frame in self._frames.values():
+        frames = list(self._frames.values())
+        if frames and frames[0].sticky:
+            # The JobStart is not acknowledged yet: a daemon that has not got it would
+            # refuse everything else, so it goes alone until it is.
+            frames = frames[:1]
+        for frame in frames:
             if frame.sent_at is not None and now - frame.sent_at < self.resend_after:
                 continue
             try:
@@ -452,6 +459,9 @@ class Sender(threading.Thread):
                 reply = decode_reply(payload)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 self._note("bad_reply", "undecodable reply from the daemon (ignored)")
+                continue
+            if isinstance(reply, Nack) and reply.reason == "unknown_job":
+                self._restart_job(reply.frame_id)
                 continue
             frame = self._frames.pop(reply.frame_id, None) if reply.frame_id is not None else None
             self._from_spool.discard(reply.frame_id or 0)
@@ -475,6 +485,19 @@ class Sender(threading.Thread):
                     self._note(
                         reply.reason, f"daemon refused a frame: {reply.reason} {reply.detail}"
                     )
+
+    def _restart_job(self, frame_id: int | None) -> None:
+        """The daemon does not know this job (a new database, or a start lost on the way):
+        keep the refused frame, and send the JobStart again, first."""
+        frame = self._frames.get(frame_id) if frame_id is not None else None
+        if frame is not None:
+            frame.sent_at = None
+        if self._start_record is None or any(f.sticky for f in self._frames.values()):
+            return  # already on its way again
+        self._note("unknown_job", "the daemon did not know this job; sending its start again")
+        self._add_frame([self._start_record], sticky=True)
+        self.stats.records -= 1  # the same record again, not a new one
+        self._frames.move_to_end(self._next_frame_id - 1, last=False)
 
     def _note(self, key: str, message: str) -> None:
         """Log each kind of problem once; the counters keep the rest."""

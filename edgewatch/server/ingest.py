@@ -285,6 +285,12 @@ class Ingest:
                             write.alerts.append(analysis.alert_row(alert, last_wall))
                     continue
             rejected[reason or "unknown_job"] += 1  # a client must send its JobStart first
+        if state is None and rejected.get("unknown_job"):
+            # The whole frame is of a job this daemon has no start for (its database was
+            # replaced, or the start is still on its way). Refuse it as a frame: the client
+            # keeps it, sends its JobStart again, then this frame.
+            self._reject(identity, batch.frame_id, FrameRejected("unknown_job", job[:100]))
+            return
         if state is not None and last_wall is not None:
             update = self._updates.setdefault(pk, _JobUpdate())
             update.last_seen = max(update.last_seen, last_wall)
