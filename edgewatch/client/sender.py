@@ -26,7 +26,7 @@ import zmq
 from edgewatch.client.readback import VALUES_PER_ROW, Packed, Row
 from edgewatch.client.schedule import REPLAN_BEFORE_END, Lookahead
 from edgewatch.client.spool import Spool, orphans
-from edgewatch.monitor.plan import LRPlan, compress
+from edgewatch.monitor.plan import LRPlan, compress, lr_moved
 from edgewatch.schemas import (
     Ack,
     AnyRecord,
@@ -293,8 +293,7 @@ class Sender(threading.Thread):
         plan, step, lr = self.plan, row[0], float(row[2][0])
         if plan is None or self.replan_wanted or self.plan_pending:
             return  # a new plan is on its way: these rows are judged against it
-        expected = plan.at(step)
-        if step >= plan.end - REPLAN_BEFORE_END or abs(lr - expected) > 1e-3 * abs(expected):
+        if step >= plan.end - REPLAN_BEFORE_END or lr_moved(lr, plan.at(step)):
             self.replan_wanted = True
 
     def _steps(self, chunk: StepChunk) -> list[AnyRecord]:

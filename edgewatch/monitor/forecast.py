@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from edgewatch.monitor.plan import LRPlan
+from edgewatch.monitor.plan import LRPlan, lr_moved
 from edgewatch.monitor.thresholds import threshold_for
 
 State = Literal["stable", "approaching", "unstable", "diverged"]
@@ -196,7 +196,7 @@ class JobForecast:
                 self.grad_baseline = 0.02 * grad_norm + 0.98 * self.grad_baseline
         if self.plan is not None and self._off_plan(step, lr):
             self._forecast(step)
-        elif self.plan is None and self.estimates and _moved(lr, self.lr_assumed):
+        elif self.plan is None and self.estimates and lr_moved(lr, self.lr_assumed):
             self._forecast(step)  # no plan: the forecast assumes the LR stays where it is
         return self._judge(step)
 
@@ -252,7 +252,7 @@ class JobForecast:
 
     def _off_plan(self, step: int, lr: float) -> bool:
         assert self.plan is not None
-        if not _moved(lr, self.plan.at(step) * self.lr_scale):
+        if not lr_moved(lr, self.plan.at(step) * self.lr_scale):
             return False
         base = self.plan.at(step)
         self.lr_scale = lr / base if base > 0 else 1.0
@@ -278,8 +278,10 @@ class JobForecast:
             growth = min(slope * max(0, step - last.step), cap)
             return last.value * math.exp(growth + shift) * self._lr_at(step) / self.unit
 
+        scan = self._scan(now)
+
         def first_crossing(shift: float) -> int | None:
-            for step in self._scan(now):
+            for step in scan:
                 if ratio(step, shift) >= limit:
                     return step
             return None
@@ -288,16 +290,17 @@ class JobForecast:
         self.cross_low = first_crossing(+scatter)
         self.cross_high = first_crossing(-scatter)
         # The recommendation looks at the riskiest step within the horizon (or the crossing).
-        worst = max(self._scan(now, until=now + s.horizon), key=ratio)
+        worst = max((k for k in scan if k <= now + s.horizon), key=ratio)
         if self.cross_at is not None:
             worst = self.cross_at
         self.cross_ratio = ratio(worst)
-        self._recommend(now, worst, ratio(worst), limit)
+        self._recommend(now, scan[-1], worst, self.cross_ratio, limit)
 
-    def _scan(self, now: int, until: int | None = None) -> list[int]:
-        """Steps to test: each step over twice the horizon, then every 10th, and the knots."""
+    def _scan(self, now: int) -> list[int]:
+        """Steps to test: each step over twice the horizon, then every 10th, and the knots;
+        up to ``lookahead`` steps on, and not past the run's last step."""
         s = self.settings
-        end = now + s.lookahead if until is None else until
+        end = now + s.lookahead
         if self.total_steps is not None:
             end = max(now, min(end, self.total_steps - 1))
         near = min(end, now + 2 * s.horizon)
@@ -330,7 +333,7 @@ class JobForecast:
         stderr = math.sqrt(spread / sxx)
         return max(0.0, slope - 2 * stderr), max(0.05, math.sqrt(spread))
 
-    def _recommend(self, now: int, worst: int, worst_ratio: float, limit: float) -> None:
+    def _recommend(self, now: int, end: int, worst: int, worst_ratio: float, limit: float) -> None:
         """The largest LR keeping the forecast ratio under safety × max(1, sustained level), and,
         when the plan raises the LR, a warmup long enough to get there at that pace."""
         s = self.settings
@@ -342,7 +345,7 @@ class JobForecast:
         self.recommended_warmup_steps = 0
         lr_now = self._lr_at(now)
         if self.plan is not None and worst_ratio >= limit and lr_worst > lr_now > 0:
-            peak_step, _ = self.plan.peak_after(now, self._scan(now)[-1] - now)
+            peak_step, _ = self.plan.peak_after(now, end - now)
             # Raise the LR as much more slowly as the forecast overshoots the target.
             planned = max(1, peak_step - now)
             self.recommended_warmup_steps = math.ceil(planned * worst_ratio / target)
@@ -417,10 +420,3 @@ class JobForecast:
         )
         self.alerts.append(alert)
         return alert
-
-
-def _moved(lr: float, expected: float | None) -> bool:
-    """Whether the LR is off what the forecast assumed by more than 0.1%."""
-    if expected is None:
-        return True
-    return abs(lr - expected) > 1e-3 * max(abs(expected), 1e-300)

@@ -64,6 +64,14 @@ class LRPlan:
         return best, self.at(best)
 
 
+def lr_moved(lr: float, expected: float | None) -> bool:
+    """Whether an LR is off the one expected (planned) by more than 0.1%: a plan's
+    knots are kept to 0.1% (COMPRESS_TOLERANCE), so less is the plan itself."""
+    if expected is None:
+        return True
+    return abs(lr - expected) > COMPRESS_TOLERANCE * max(abs(expected), 1e-300)
+
+
 def compress(first_step: int, lrs: Sequence[float], tol: float = COMPRESS_TOLERANCE) -> LRPlan:
     """Knots for ``lrs`` (the LR at first_step, first_step + 1, ...), in one pass.
 
