@@ -19,7 +19,7 @@ import msgspec
 
 from edgewatch.monitor.forecast import DEFAULT_SETTINGS, Alert, JobForecast, PredictorSettings
 from edgewatch.monitor.plan import LRPlan
-from edgewatch.schemas import AnyRecord, Event, Plan, Sharpness
+from edgewatch.schemas import AnyRecord, Event, Plan, Sharpness, Step
 from edgewatch.server.rows import PLAN_EVENT
 from edgewatch.server.store import Store
 
@@ -50,7 +50,7 @@ class RunAnalysis:
         return self.forecast.observe_step(step, lr, loss, grad_norm)
 
     def record(self, record: AnyRecord) -> Alert | None:
-        """Any record but a step, as it came off the wire."""
+        """Any record but a step, as it came off the wire (or back from the database)."""
         if record.seq <= self.last_seq:
             return None
         self.last_seq = record.seq
@@ -63,6 +63,12 @@ class RunAnalysis:
             case Event():
                 return self.forecast.observe_event(record.step, record.kind)
         return None
+
+    def feed(self, record: AnyRecord) -> Alert | None:
+        """Any record: steps to ``step`` (the ingest path calls it directly, per step)."""
+        if isinstance(record, Step):
+            return self.step(record.seq, record.step, record.lr, record.loss, record.grad_norm)
+        return self.record(record)
 
     def alert_row(self, alert: Alert, wall_time: float) -> tuple[Any, ...]:
         """The alerts-table tuple (INSERT_COLUMNS order); seq is the alert's number. Also
@@ -87,25 +93,37 @@ class RunAnalysis:
     def feed_rows(self, rows: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[Any, ...]]:
         """Feed stored records (``Store.run_records``); returns the alert rows raised."""
         raised = []
-        forecast = self.forecast
         for table, row in rows:
-            alert = None
-            if row["seq"] <= self.last_seq:
-                continue
-            self.last_seq = row["seq"]
             if table == "steps":
                 # SQLite keeps a NaN as NULL; the nonfinite_loss event after it says so.
-                alert = forecast.observe_step(row["step"], row["lr"], row["loss"], row["grad_norm"])
-            elif table == "sharpness":
-                alert = forecast.observe_sharpness(row["step"], row["value"], row["lr"])
-            elif row["kind"] == PLAN_EVENT:
-                plan = plan_from_detail(row["detail"])
-                alert = forecast.observe_plan(row["step"], plan) if plan else None
+                alert = self.step(row["seq"], row["step"], row["lr"], row["loss"], row["grad_norm"])
             else:
-                alert = forecast.observe_event(row["step"], row["kind"])
+                alert = self.record(record_from_row("", table, row))
             if alert is not None:
                 raised.append(self.alert_row(alert, row["wall_time"]))
         return raised
+
+
+STEP_FIELDS = ("lr", "group_lrs", "loss", "grad_norm", "update_norm", "loss_scale", "tokens")
+SHARPNESS_FIELDS = (
+    *("value", "preconditioned", "method", "matvecs", "residual", "probe_batch", "seconds", "lr"),
+)
+
+
+def record_from_row(job_id: str, table: str, row: Mapping[str, Any]) -> AnyRecord:
+    """A stored row (``Store.run_records``) as the wire record it came from; a plan is
+    stored as an ``lr_plan`` event (``rows.plan_row``) and comes back as a Plan."""
+    key = {"job": job_id, "run": row["run"], "seq": row["seq"], "step": row["step"]}
+    key["wall_time"] = row["wall_time"]
+    if table == "steps":
+        return Step(**key, **{n: row[n] for n in STEP_FIELDS})
+    if table == "sharpness":
+        return Sharpness(**key, **{n: row[n] for n in SHARPNESS_FIELDS})
+    if row["kind"] == PLAN_EVENT:
+        plan = plan_from_detail(row["detail"])
+        if plan is not None:
+            return Plan(**key, steps=list(plan.steps), lrs=list(plan.lrs))
+    return Event(**key, kind=row["kind"], detail=row["detail"])
 
 
 def plan_from_detail(detail: str) -> LRPlan | None:

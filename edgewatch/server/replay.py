@@ -20,9 +20,8 @@ import msgspec
 
 from edgewatch.errors import ConfigError
 from edgewatch.monitor.forecast import DEFAULT_SETTINGS, Alert, PredictorSettings
-from edgewatch.schemas import AnyRecord, Event, JobStart, OptimizerInfo, Plan, Sharpness, Step
-from edgewatch.server.analysis import RunAnalysis, plan_from_detail
-from edgewatch.server.rows import PLAN_EVENT
+from edgewatch.schemas import AnyRecord, JobStart, OptimizerInfo
+from edgewatch.server.analysis import RunAnalysis, record_from_row
 from edgewatch.server.store import Store
 
 
@@ -61,9 +60,9 @@ def replay_stored(
         job["pk"], job["run"], job["optimizer"] or {}, settings, job["total_steps"]
     )
     records = 0
-    for table, row in store.run_records(job["pk"], job["run"]):
+    for item in store.run_records(job["pk"], job["run"]):
         records += 1
-        analysis.feed_rows([(table, row)])
+        analysis.feed_rows((item,))
     live = [a for a in store.alerts(job["pk"]) if a["run"] == job["run"]]
     return Replayed(job_id, job["run"], records, analysis.forecast.alerts, live)
 
@@ -78,10 +77,7 @@ def replay_trace(path: Path, settings: PredictorSettings = DEFAULT_SETTINGS) -> 
     count = 1
     for record in records:
         count += 1
-        if isinstance(record, Step):
-            analysis.step(record.seq, record.step, record.lr, record.loss, record.grad_norm)
-        else:
-            analysis.record(record)
+        analysis.feed(record)
     return Replayed(start.job, start.run, count, analysis.forecast.alerts)
 
 
@@ -121,26 +117,6 @@ def export_trace(store: Store, job_id: str, path: Path) -> int:
     with path.open("wb") as f:
         f.write(encoder.encode(start) + b"\n")
         for table, row in store.run_records(job["pk"], run):
-            f.write(encoder.encode(_record(job_id, table, row)) + b"\n")
+            f.write(encoder.encode(record_from_row(job_id, table, row)) + b"\n")
             count += 1
     return count
-
-
-STEP_FIELDS = ("lr", "group_lrs", "loss", "grad_norm", "update_norm", "loss_scale", "tokens")
-SHARPNESS_FIELDS = (
-    *("value", "preconditioned", "method", "matvecs", "residual", "probe_batch", "seconds", "lr"),
-)
-
-
-def _record(job_id: str, table: str, row: dict[str, Any]) -> AnyRecord:
-    key = {"job": job_id, "run": row["run"], "seq": row["seq"], "step": row["step"]}
-    key["wall_time"] = row["wall_time"]
-    if table == "steps":
-        return Step(**key, **{n: row[n] for n in STEP_FIELDS})
-    if table == "sharpness":
-        return Sharpness(**key, **{n: row[n] for n in SHARPNESS_FIELDS})
-    if row["kind"] == PLAN_EVENT:
-        plan = plan_from_detail(row["detail"])
-        if plan is not None:
-            return Plan(**key, steps=list(plan.steps), lrs=list(plan.lrs))
-    return Event(**key, kind=row["kind"], detail=row["detail"])
