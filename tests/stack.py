@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from conftest import free_port
 
 from edgewatch.server.process import wait_healthy
 
@@ -47,12 +47,6 @@ def skip_reason() -> str:
 
 def alertmanager_binary() -> str | None:
     return next((b for b in ALERTMANAGER_BINARIES if shutil.which(b)), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
