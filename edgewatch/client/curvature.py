@@ -87,6 +87,11 @@ class CurvatureSchedule:
         paced = (now - self.last_end) * share >= expected
         return paced and self.spent + expected <= share * elapsed
 
+    @property
+    def seconds_total(self) -> float:
+        """Seconds spent on curvature work so far, the first estimate included."""
+        return self.spent + self.first_cost
+
     def follow(self, stability_ratio: float | None) -> None:
         """Measure URGENT times as often while the daemon sees the job near the edge."""
         near = stability_ratio is not None and stability_ratio >= NEAR_EDGE
