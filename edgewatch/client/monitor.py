@@ -1,9 +1,10 @@
 """``edgewatch.attach(...)``: the hook that lives in the training loop.
 
-Per optimizer step the training thread does only this: an optimizer step pre-hook
-launches the fused gradient-norm kernel and reads the param groups' learning rates
-(before ``zero_grad`` and before the scheduler moves the LR on); ``mon.step(loss)``
-appends one tuple to a list. Every 64 steps, or 0.5 s, the list goes to the sender
+Per optimizer step the training thread does only this: at the end of backward, one
+fused gradient-norm kernel (``gradnorm.py``: the norm before any clipping or
+unscaling); an optimizer step pre-hook reads the param groups' learning rates (before
+``zero_grad`` and before the scheduler moves the LR on); ``mon.step(loss)`` appends one
+tuple to a list. Every 64 steps, or 0.5 s, the list goes to the sender
 thread in one piece. No lock, no socket, no GPU sync on the training thread: scalars
 on a GPU stay there until the sender reads a whole chunk back (``readback.py``).
 
@@ -31,11 +32,14 @@ from edgewatch.client.capture import (
     trainable_params,
 )
 from edgewatch.client.curvature import CurvatureSchedule
+from edgewatch.client.gradnorm import BackwardGradNorm
 from edgewatch.client.readback import Row, Value, host_value, pack
 from edgewatch.client.schedule import PlanSource
 from edgewatch.client.sender import PlanItem, RecordItem, Sender, StepChunk
+from edgewatch.client.signals import StepSignals
 from edgewatch.client.spool import Spool
 from edgewatch.keys import load_keys
+from edgewatch.monitor.thresholds import uses_preconditioned_sharpness
 from edgewatch.schemas import Event, JobEnd, Sharpness
 
 log = logging.getLogger("edgewatch.client")
@@ -63,7 +67,7 @@ class Monitor:
     - ``grad_scaler``: the AMP ``GradScaler``. Its loss scale is recorded with each step
       (after that step's ``update()``), and a ``mon.step`` without an optimizer step before
       it (inf/NaN gradients, so the scaler skipped it) becomes a ``skipped_step`` event.
-      Gradient norms are read after ``unscale_``, so they are the true ones.
+      Gradient norms, taken at the end of backward, are divided by the scale in force.
     - ``scheduler``: a torch LR scheduler, or a function step -> LR. The planned LR of the
       coming steps (``client/schedule.py``) goes to the daemon at the first step and
       whenever the LR leaves the plan, so that warmups and scheduled jumps are forecast.
@@ -77,9 +81,13 @@ class Monitor:
       once it answers; what is left at exit is sent by the next ``attach`` with the same
       folder. ``spool_max_bytes`` (1 GiB) bounds it; past that, frames are dropped and
       counted.
-    - ``hook_grad_norm`` (True): whether the optimizer hook computes the gradient norm;
-      integrations that measure it themselves (before clipping) turn it off and pass
-      ``mon.step(loss, grad_norm=...)``.
+    - ``hook_grad_norm`` (True): whether edgewatch measures the gradient norm itself, at
+      the end of backward, before any clipping (``client/gradnorm.py``). Turn it off where
+      that norm is not the global one (FSDP shards) and pass ``mon.step(loss,
+      grad_norm=...)`` with the norm you have.
+    - ``step_signals`` (True): after each optimizer step, the update norm and, for Adam-type
+      optimizers, the gradient over Adam's second-moment estimate (``client/signals.py``),
+      from the optimizer's state, without a sync.
     """
 
     def __init__(
@@ -100,6 +108,7 @@ class Monitor:
         probe_batch: int | None = None,
         grad_scaler: Any = None,
         hook_grad_norm: bool = True,
+        step_signals: bool = True,
         server_key: str | None = None,
         client_key: str | None = None,
         spool_dir: str | None = None,
@@ -125,6 +134,7 @@ class Monitor:
         self._last_ship = time.monotonic()
         self._lrs: list[float] | None = None
         self._grad_norm: Value = None
+        self._signals: tuple[Value, Value] = (None, None)  # update norm, moment ratio
         self._params = trainable_params(optimizer)
         self._one_group = single_group(self._params)
         identity = process_identity()
@@ -132,7 +142,15 @@ class Monitor:
         self.enabled = all_ranks or identity["rank"] == 0
         self._off = not self.enabled  # one test on the hot path: disabled or closed
         self.run = random.getrandbits(62)
-        self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
+        self._backward_norm: BackwardGradNorm | None = None
+        if self.enabled and hook_grad_norm:
+            self._backward_norm = BackwardGradNorm(self._params, grad_scaler)
+        self._hooks = [optimizer.register_step_pre_hook(self._before_optimizer_step)]
+        self._step_signals: StepSignals | None = None
+        if self.enabled and step_signals:
+            adam = uses_preconditioned_sharpness(type(optimizer).__name__)
+            self._step_signals = StepSignals(optimizer, adam)
+            self._hooks.append(optimizer.register_step_post_hook(self._after_optimizer_step))
         self.curvature: CurvatureSchedule | None = None
         if probe is not None and self.enabled:
             # Under DDP the sharpness is that of the local replica: HVPs on model.module,
@@ -171,10 +189,22 @@ class Monitor:
             return
         try:
             self._lrs = [group["lr"] for group in optimizer.param_groups]
-            if self.hook_grad_norm:
-                self._grad_norm = host_value(global_grad_norm(self._params, self._one_group))
+            if self._backward_norm is not None:
+                backward_ran, norm = self._backward_norm.take()
+                if not backward_ran:  # gradients set by hand: nothing else to measure
+                    norm = global_grad_norm(self._params, self._one_group)
+                self._grad_norm = host_value(norm)
         except Exception as exc:
             self._fail("hook", exc)
+
+    def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._off or self._step_signals is None:
+            return
+        try:
+            update, ratio = self._step_signals()
+            self._signals = (host_value(update), host_value(ratio))
+        except Exception as exc:
+            self._fail("signals", exc)
 
     def step(
         self,
@@ -201,13 +231,16 @@ class Monitor:
             skipped = lrs is None and self.grad_scaler is not None
             if lrs is None:  # optimizer.step() did not run: an AMP skip, or no hook fired
                 lrs = [group["lr"] for group in self.optimizer.param_groups]
+                if self._backward_norm is not None:
+                    self._backward_norm.discard()  # that backward led to no step
             scale = _loss_scale(self.grad_scaler) if self.grad_scaler is not None else None
             number = self._step if step is None else int(step)
             self._step = number + 1
             rows = self._rows
             norm = self._grad_norm if grad_norm is None else host_value(grad_norm)
-            rows.append((number, time.time(), lrs, loss, norm, scale))
+            rows.append((number, time.time(), lrs, loss, norm, scale, *self._signals))
             self._lrs = self._grad_norm = None
+            self._signals = (None, None)
             if len(rows) >= CHUNK_STEPS or time.monotonic() - self._last_ship > CHUNK_SECONDS:
                 self._ship()
         except Exception as exc:
@@ -311,7 +344,10 @@ class Monitor:
             return
         self.closed = self._off = True
         try:
-            self._hook.remove()
+            for hook in self._hooks:
+                hook.remove()
+            if self._backward_norm is not None:
+                self._backward_norm.remove()
             if self.sender is None:
                 return
             self._ship()

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 Value = torch.Tensor | float | int | None
-Row = tuple[int, float, list[Any], Value, Value, Value]
+Row = tuple[int, float, list[Any], Value, Value, Value, Value, Value]
 """One step as the training thread keeps it: step, wall time, group LRs, loss, grad norm,
-loss scale."""
+loss scale, update norm, moment ratio."""
 
-VALUES_PER_ROW = 3  # loss, grad norm, loss scale: the device values of a row
+VALUES_PER_ROW = 5  # loss, grad norm, loss scale, update norm, moment ratio: device values
 
 
 @dataclasses.dataclass
@@ -72,7 +72,7 @@ def host_value(value: Any) -> Value:
 def pack(rows: list[Row]) -> Packed:
     """Start moving a chunk's CUDA values to the host; runs on the training thread.
 
-    ``values`` of the result are [loss, grad norm, loss scale] per row, flattened.
+    ``values`` of the result are the device values of each row (``VALUES_PER_ROW``), flattened.
     """
     values: list[Value] = []
     for row in rows:

@@ -303,7 +303,7 @@ class Sender(threading.Thread):
         job, run, seq = self.job, self.run_id, self._seq
         self._seq += len(chunk.rows)
         steps: list[AnyRecord] = []
-        for (step, wall_time, lrs, *_), loss, grad_norm, loss_scale in zip(
+        for (step, wall_time, lrs, *_), loss, grad_norm, loss_scale, update, ratio in zip(
             chunk.rows, *(values[i::VALUES_PER_ROW] for i in range(VALUES_PER_ROW)), strict=True
         ):
             seq += 1
@@ -321,6 +321,8 @@ class Sender(threading.Thread):
                     loss=loss,
                     grad_norm=grad_norm,
                     loss_scale=loss_scale,
+                    update_norm=update,
+                    moment_ratio=ratio,
                 )
             )
             if not (loss is None or -INF < loss < INF) or not (

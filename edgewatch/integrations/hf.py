@@ -8,8 +8,9 @@ Trainer's logs, which average the loss over logging steps and drop NaN/Inf losse
 
 - the loss: the model's own ``outputs.loss``, averaged over the micro-batches of this
   optimizer step only (gradient accumulation), NaN and Inf kept;
-- the gradient norm *before* clipping (``gradnorm.py``: the Trainer clips before any
-  callback runs), taken at the end of the last backward pass;
+- the gradient norm *before* clipping (the Trainer clips before any callback runs, so
+  the monitor's own measurement at the end of backward is the one that sees it,
+  ``client/gradnorm.py``);
 - the LR in force, the loss scale and skipped steps under fp16 (the accelerate scaler).
 
 Sharpness is measured on a probe: the first batch of the training data loader, kept
@@ -24,7 +25,6 @@ import torch
 from transformers import TrainerCallback
 
 import edgewatch
-from edgewatch.integrations.gradnorm import PreClipGradNorm
 
 
 class EdgewatchCallback(TrainerCallback):
@@ -45,7 +45,6 @@ class EdgewatchCallback(TrainerCallback):
         self.mon: edgewatch.Monitor | None = None
         self._losses: list[torch.Tensor] = []
         self._probing = False
-        self._norm: PreClipGradNorm | None = None
         self._hook: Any = None
 
     # -- Trainer events -------------------------------------------------------------
@@ -75,10 +74,8 @@ class EdgewatchCallback(TrainerCallback):
             scheduler=lr_scheduler,
             total_steps=state.max_steps or None,
             budget=self.budget,
-            hook_grad_norm=False,
             **(options | self.options),
         )
-        self._norm = PreClipGradNorm(list(model.parameters()))
         self._hook = model.register_forward_hook(self._capture_loss)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -86,14 +83,11 @@ class EdgewatchCallback(TrainerCallback):
             return
         losses, self._losses = self._losses, []
         loss = torch.stack(losses).float().mean() if losses else None
-        norm = self._norm.take() if self._norm is not None else None
-        self.mon.step(loss, step=state.global_step - 1, grad_norm=norm)
+        self.mon.step(loss, step=state.global_step - 1)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._hook is not None:
             self._hook.remove()
-        if self._norm is not None:
-            self._norm.remove()
         if self.mon is not None:
             self.mon.close()
 

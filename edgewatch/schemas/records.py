@@ -82,8 +82,11 @@ class Step(Record, frozen=True, kw_only=True, tag="step"):
     loss: float | None = None
     grad_norm: float | None = None
     update_norm: float | None = None
+    """‖Δθ‖ of the step, without weight decay (``client/signals.py``)."""
     loss_scale: float | None = None
     tokens: int | None = None
+    moment_ratio: float | None = None
+    """Adam-type optimizers: the largest per-tensor RMS of g/√v̂ after the step."""
 
 
 class Sharpness(Record, frozen=True, kw_only=True, tag="sharpness"):

@@ -104,7 +104,10 @@ class RunAnalysis:
         return raised
 
 
-STEP_FIELDS = ("lr", "group_lrs", "loss", "grad_norm", "update_norm", "loss_scale", "tokens")
+STEP_FIELDS = (
+    *("lr", "group_lrs", "loss", "grad_norm", "update_norm", "loss_scale", "tokens"),
+    "moment_ratio",
+)
 SHARPNESS_FIELDS = (
     *("value", "preconditioned", "method", "matvecs", "residual", "probe_batch", "seconds", "lr"),
 )

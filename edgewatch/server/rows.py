@@ -81,8 +81,8 @@ def check_step(r: Step, job: str, run: int) -> str | None:
         and -INF < r.wall_time < INF
     ):
         return "invalid_value"
-    g, u, scale = r.grad_norm, r.update_norm, r.loss_scale
-    if (g is not None and g < 0) or (u is not None and u < 0):
+    g, u, scale, m = r.grad_norm, r.update_norm, r.loss_scale, r.moment_ratio
+    if (g is not None and g < 0) or (u is not None and u < 0) or (m is not None and m < 0):
         return "invalid_value"
     if (scale is not None and not scale > 0) or (r.tokens is not None and not _int_ok(r.tokens)):
         return "invalid_value"
@@ -152,6 +152,7 @@ def step_row(pk: int, r: Step) -> tuple[Any, ...]:
         r.update_norm,
         r.loss_scale,
         r.tokens,
+        r.moment_ratio,
     )
 
 

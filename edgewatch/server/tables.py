@@ -75,6 +75,7 @@ class StepRow(_RecordKey, Base):
     update_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
     loss_scale: Mapped[float | None] = mapped_column(Float, nullable=True)
     tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    moment_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class SharpnessRow(_RecordKey, Base):
@@ -123,6 +124,7 @@ INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
     "steps": (
         *KEY_COLUMNS,
         *("lr", "group_lrs", "loss", "grad_norm", "update_norm", "loss_scale", "tokens"),
+        "moment_ratio",
     ),
     "sharpness": (
         *KEY_COLUMNS,
