@@ -40,14 +40,20 @@ class RunAnalysis:
         self.last_seq = 0  # records at or below it were fed already (resends)
         self.live = True  # False while replaying stored records: their own times count
         self.changed_at: dict[str, float] = {}  # latest change into each state (daemon clock)
+        self.last_sharpness: Sharpness | None = None  # the newest estimate, used or not
 
-    def step(
-        self, seq: int, step: int, lr: float, loss: float | None, grad_norm: float | None
-    ) -> Alert | None:
-        if seq <= self.last_seq:
+    def step(self, record: Step) -> Alert | None:
+        if record.seq <= self.last_seq:
             return None  # a resent record: the forecast has seen it
-        self.last_seq = seq
-        return self.forecast.observe_step(step, lr, loss, grad_norm)
+        self.last_seq = record.seq
+        return self.forecast.observe_step(
+            record.step,
+            record.lr,
+            record.loss,
+            record.grad_norm,
+            record.update_norm,
+            record.moment_ratio,
+        )
 
     def record(self, record: AnyRecord) -> Alert | None:
         """Any record but a step, as it came off the wire (or back from the database)."""
@@ -56,6 +62,7 @@ class RunAnalysis:
         self.last_seq = record.seq
         match record:
             case Sharpness():
+                self.last_sharpness = record
                 return self.forecast.observe_sharpness(record.step, record.value, record.lr)
             case Plan():
                 plan = LRPlan(tuple(record.steps), tuple(record.lrs))
@@ -67,7 +74,7 @@ class RunAnalysis:
     def feed(self, record: AnyRecord) -> Alert | None:
         """Any record: steps to ``step`` (the ingest path calls it directly, per step)."""
         if isinstance(record, Step):
-            return self.step(record.seq, record.step, record.lr, record.loss, record.grad_norm)
+            return self.step(record)
         return self.record(record)
 
     def alert_row(self, alert: Alert, wall_time: float) -> tuple[Any, ...]:
@@ -94,11 +101,8 @@ class RunAnalysis:
         """Feed stored records (``Store.run_records``); returns the alert rows raised."""
         raised = []
         for table, row in rows:
-            if table == "steps":
-                # SQLite keeps a NaN as NULL; the nonfinite_loss event after it says so.
-                alert = self.step(row["seq"], row["step"], row["lr"], row["loss"], row["grad_norm"])
-            else:
-                alert = self.record(record_from_row("", table, row))
+            # SQLite keeps a NaN as NULL; the nonfinite_loss event after it says so.
+            alert = self.feed(record_from_row("", table, row))
             if alert is not None:
                 raised.append(self.alert_row(alert, row["wall_time"]))
         return raised

@@ -71,9 +71,10 @@ class Daemon:
             )
             self.ingest.analyses[state.pk] = analysis
             state.lr = analysis.forecast.lr
-            if analysis.forecast.estimates:
-                state.sharpness = analysis.forecast.estimates[-1].value
-                state.sharpness_step = analysis.forecast.estimates[-1].step
+            if analysis.last_sharpness is not None:
+                state.sharpness = analysis.last_sharpness.value
+                state.sharpness_step = analysis.last_sharpness.step
+                state.preconditioned = analysis.last_sharpness.preconditioned
             state.follow(analysis.forecast, analysis.changed_at)
             self.jobs.put(state)
 

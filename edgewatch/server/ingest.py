@@ -253,9 +253,7 @@ class Ingest:
                     last_wall = record.wall_time
                     first_wall = first_wall or last_wall
                     if analysis is not None and record.run == analysis.run:
-                        alert = analysis.step(
-                            record.seq, record.step, record.lr, record.loss, record.grad_norm
-                        )
+                        alert = analysis.step(record)
                         if alert is not None:
                             write.alerts.append(analysis.alert_row(alert, last_wall))
                     continue

@@ -149,7 +149,7 @@ class JobState:
         self.recommended_lr = forecast.recommended_lr
         self.recommended_warmup_steps = forecast.recommended_warmup_steps
         self.alarm_ratio = forecast.alarm_ratio
-        self.sustained_level = forecast.sustained_level if forecast.estimates else None
+        self.sustained_level = forecast.sustained_level if forecast.crossing else None
         self.forecast_reason = forecast.reason
         self.planned_lr = forecast.plan is not None
         self.alert_counts = dict(Counter(alert.state for alert in forecast.alerts))

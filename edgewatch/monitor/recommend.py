@@ -1,0 +1,92 @@
+"""What to change, and the words for it. Pure floats.
+
+The recommended LR is the largest one that keeps the forecast ratio under ``safety`` ×
+the larger of 1 and the sustained level: what the job has shown it bears, not the
+alarm's catapult headroom, since a capped LR must be one that trains. It never reaches
+an LR the job has already failed at (issue 11: recommendations above the LRs that broke
+the job). Without a sharpness estimate to go by, it is ``backoff`` × the LR in force.
+
+How to apply it: hold the LR at or under the recommendation until the job is ``stable``
+again, then resume the plan. The edge-of-stability dynamics say why that is enough:
+an LR under 2/λ lets the sharpness fall back (self-stabilisation, Damian et al. 2022,
+arXiv 2209.15594), after which the planned LR is safe again or the forecast says it is
+not. Capping the LR for the rest of the run also prevents the spike but trains slower
+(bench/RESULTS.md, intervention track). When the plan is what raises the LR (a warmup),
+the other way is a longer warmup: the planned rise stretched by the forecast's overshoot,
+never longer than half of what is left of the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from edgewatch.monitor.crossing import Crossing
+from edgewatch.monitor.plan import LRPlan
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    lr: float | None
+    warmup_steps: int = 0
+
+
+def recommend(
+    crossing: Crossing | None,
+    *,
+    now: int,
+    lr_now: float | None,
+    plan: LRPlan | None,
+    total_steps: int | None,
+    failed_lr: float | None,
+    alarmed: bool,
+    safety: float,
+    backoff: float,
+) -> Recommendation:
+    lr: float | None = None
+    warmup = 0
+    if crossing is not None and crossing.worst_ratio > 0:
+        target = safety * max(1.0, crossing.level)
+        lr = crossing.worst_lr * target / crossing.worst_ratio
+        rising = lr_now is not None and crossing.worst_lr > lr_now > 0
+        if plan is not None and crossing.at is not None and rising:
+            end = total_steps - 1 if total_steps is not None else plan.end
+            peak_step, _ = plan.peak_after(now, max(1, end - now))
+            planned = max(1, peak_step - now)
+            # Raise the LR as much more slowly as the forecast overshoots the target ...
+            warmup = math.ceil(planned * crossing.worst_ratio / target)
+            # ... within the run: half of what is left, so that it trains at the top too.
+            left = (total_steps if total_steps is not None else plan.end) - now
+            warmup = max(0, min(warmup, left // 2))
+    elif alarmed and lr_now:
+        lr = backoff * lr_now
+    if failed_lr is not None:
+        ceiling = safety * failed_lr
+        lr = ceiling if lr is None else min(lr, ceiling)
+    return Recommendation(lr, warmup)
+
+
+def explain(
+    crossing: Crossing | None, recommendation: Recommendation, *, planned: bool, alarmed: bool
+) -> str:
+    """The forecast in words, from the same numbers the API serves."""
+    if crossing is None:
+        words = "no sharpness estimate in the forecast yet"
+    else:
+        level = (
+            f"sustained level {crossing.level:.3g}" if crossing.level else "no sustained level yet"
+        )
+        words = (
+            f"sharpness {crossing.sharpness:.4g} (step {crossing.sharpness_step}) at the LR "
+            f"{'planned' if planned else 'in force'} for step {crossing.worst} "
+            f"({crossing.worst_lr:.3g}) gives ratio {crossing.worst_ratio:.3g}; "
+            f"{level}, alarm at {crossing.alarm_ratio:.3g}"
+        )
+    if alarmed and recommendation.lr is not None:
+        words += (
+            f"; hold the LR at or below {recommendation.lr:.3g} until the job is stable again, "
+            "then resume the plan"
+        )
+        if recommendation.warmup_steps:
+            words += f"; or warm up over {recommendation.warmup_steps} steps from here"
+    return words

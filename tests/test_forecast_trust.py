@@ -1,0 +1,113 @@
+"""The failure modes of issue 11, each on a trace with a known answer: Adam's unsettled
+start, a level that must not learn from trouble, recommendations after a failure, a
+warmup that fits, and alerts that do not flap."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from edgewatch.monitor import JobForecast, LRPlan, compress
+from edgewatch.monitor.forecast import PredictorSettings
+
+SGD = {"kind": "SGD", "lr": 0.1}
+ADAM = {"kind": "AdamW", "lr": 1e-3, "betas": (0.9, 0.95)}
+
+
+def test_adams_unsettled_first_estimates_raise_no_alarm() -> None:
+    # The first preconditioned ratios of a healthy Adam run are 30-60x the ones it settles
+    # at (issue 11); they are left out until the second moment has settled.
+    forecast = JobForecast(ADAM)
+    lr = 1e-3
+    for t in range(400):
+        forecast.observe_step(t, lr, 3.0 - t / 400, 1.0)
+        if t % 10 == 0:
+            settled = 38.0 / lr * 0.5  # ratio 0.5
+            value = settled * (50.0 if t < 20 else 1.0)  # ratio 25 at the start
+            forecast.observe_sharpness(t, value, lr)
+    assert forecast.alerts == []
+    assert forecast.sustained_level == pytest.approx(0.5)
+
+
+def test_the_sustained_level_does_not_learn_from_an_excursion() -> None:
+    forecast = JobForecast(SGD, PredictorSettings(recover_steps=20))
+    losses = [1.0] * 400 + [3.0] * 30 + [1.0] * 400
+    for t, loss in enumerate(losses):
+        forecast.observe_step(t, 0.1, loss, 1.0)
+        if t % 10 == 0:
+            ratio = 40.0 if 390 <= t < 440 else 1.0  # the blow-up's curvature
+            forecast.observe_sharpness(t, 20.0 * ratio, 0.1)
+        if t == 380:
+            before = forecast.sustained_level
+    assert before == pytest.approx(1.0)
+    assert forecast.state == "stable"  # recovered
+    assert forecast.sustained_level == pytest.approx(1.0)  # unchanged by the blow-up
+    assert forecast.alarm_ratio == pytest.approx(forecast.settings.margin)
+
+
+def test_a_job_whose_loss_stays_well_above_its_best_is_not_stable() -> None:
+    forecast = JobForecast(SGD, PredictorSettings(recover_steps=20))
+    losses = [1.0] * 200 + [4.0] * 10 + [1.8] * 300  # spiked, never came back
+    for t, loss in enumerate(losses):
+        forecast.observe_step(t, 0.1, loss, 1.0)
+    assert forecast.state == "unstable"
+    assert [a.state for a in forecast.alerts] == ["unstable"]
+
+
+def test_the_recommended_lr_after_a_failure_is_below_the_lr_that_failed() -> None:
+    forecast = JobForecast(SGD, PredictorSettings(recover_steps=20))
+    for t in range(600):
+        lr = 0.3 if 200 <= t < 260 else 0.1
+        loss = 5.0 if 220 <= t < 240 else 1.0
+        forecast.observe_step(t, lr, loss, 1.0)
+        if t % 10 == 0:
+            # A flat, low sharpness would allow far more than 0.3: the failure decides.
+            forecast.observe_sharpness(t, 1.0, lr)
+    assert any(a.state == "unstable" for a in forecast.alerts)
+    assert forecast.recommended_lr is not None and forecast.recommended_lr < 0.3
+    later = [a for a in forecast.alerts if a.step >= 220]
+    assert all(a.recommended_lr is not None and a.recommended_lr < 0.3 for a in later)
+
+
+def test_a_recommended_warmup_fits_the_remaining_run() -> None:
+    steps = 1000
+    lrs = [0.5 * min(1.0, (t + 1) / 50) for t in range(steps)]  # far too fast a warmup
+    forecast = JobForecast(SGD, total_steps=steps)
+    forecast.observe_plan(0, compress(0, lrs))
+    for t in range(40):
+        forecast.observe_step(t, lrs[t], 1.0, 1.0)
+        forecast.observe_sharpness(t, 30.0, lrs[t])
+    assert forecast.alerts and forecast.alerts[0].recommended_warmup_steps > 0
+    assert all(a.recommended_warmup_steps <= (steps - a.step) // 2 for a in forecast.alerts)
+
+
+def test_one_warmup_crossing_raises_at_most_two_alerts() -> None:
+    # Networks catapult past 2/η and recover, again and again, while the LR keeps rising:
+    # the loss jumps above and falls back below the excursion threshold. One event.
+    lrs = [0.4 * min(1.0, (t + 1) / 400) for t in range(600)]
+    forecast = JobForecast(SGD, PredictorSettings(margin=1.0), total_steps=600)
+    forecast.observe_plan(0, compress(0, lrs))
+    for t, lr in enumerate(lrs):
+        over = max(0.0, lr * 10 / 2 - 1)  # how far past the edge
+        bump = 2.2 if over > 0 and (t // 7) % 2 else 1.0  # a loss that flaps about 1.6x
+        forecast.observe_step(t, lr, bump, 1.0 + over)
+        if t % 10 == 0:
+            forecast.observe_sharpness(t, 10.0, lr)
+    states = [a.state for a in forecast.alerts]
+    assert states == ["approaching", "unstable"]
+
+
+def test_the_reason_is_rendered_from_the_numbers_the_forecast_reports() -> None:
+    plan = LRPlan((0, 499, 500), (0.1, 0.1, 0.3))
+    forecast = JobForecast(SGD)
+    forecast.observe_plan(0, plan)
+    for t in range(480):
+        forecast.observe_step(t, plan.at(t), 1.0, 1.0)
+        if t % 20 == 0:
+            forecast.observe_sharpness(t, 20.0 * (1 + 0.01 * math.sin(t)), 0.1)
+    assert forecast.state == "approaching"
+    reason = forecast.reason
+    assert f"sustained level {forecast.sustained_level:.3g}" in reason
+    assert f"alarm at {forecast.alarm_ratio:.3g}" in reason
+    assert f"at or below {forecast.recommended_lr:.3g}" in reason
