@@ -47,6 +47,8 @@ def make_steps(job: str, run: int, n: int, first_seq: int = 1) -> list[Step]:
             lr=1e-3,
             loss=2.0 + 1e-6 * i,
             grad_norm=0.5,
+            update_norm=1e-3,  # what an AdamW client sends per step
+            moment_ratio=1.0,
         )
         for i in range(n)
     ]
