@@ -246,8 +246,12 @@ class SeriesCache:
                 if pk != keep:
                     total -= self._jobs.pop(pk).blocks
 
-    def warm(self, jobs: Iterable[tuple[int, int | None]]) -> None:
+    def warm(
+        self, jobs: Iterable[tuple[int, int | None]], stop: threading.Event | None = None
+    ) -> None:
         """Refresh these (job_pk, records), most important first (the background thread
-        passes the long jobs, most recently seen first)."""
+        passes the long jobs, most recently seen first), until ``stop`` is set."""
         for job_pk, records in jobs:
+            if stop is not None and stop.is_set():
+                return
             self.summary(job_pk, records)

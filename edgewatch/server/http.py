@@ -253,11 +253,12 @@ class EdgewatchHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], ctx: ApiContext) -> None:
-        handler = type("EdgewatchHandler", (Handler,), {"ctx": ctx})
-        super().__init__(address, handler)
         self.ctx = ctx
+        # Before binding: a failed bind calls server_close, which reads them.
         self._closing = threading.Event()
         self._warmer: threading.Thread | None = None
+        handler = type("EdgewatchHandler", (Handler,), {"ctx": ctx})
+        super().__init__(address, handler)
 
     def start_warming(self) -> None:
         self._warmer = threading.Thread(target=self._warm, name="edgewatch-series", daemon=True)
@@ -270,7 +271,7 @@ class EdgewatchHTTPServer(ThreadingHTTPServer):
             ]
             long_jobs.sort(key=lambda s: s.last_seen, reverse=True)
             try:
-                self.ctx.series.warm((s.pk, s.records) for s in long_jobs)
+                self.ctx.series.warm(((s.pk, s.records) for s in long_jobs), self._closing)
             except Exception:  # the page then builds the summary itself, more slowly
                 log.exception("building chart summaries")
             self._closing.wait(WARM_INTERVAL)
