@@ -8,7 +8,7 @@ DEV    := $(VENV)/.installed-dev
 # present in the venv is kept.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench bench-ingest bench-client bench-curvature bench-predict bench-alerts bench-fuzz bench-load bench-outage clean
+.PHONY: demo test lint bench bench-ingest bench-client bench-curvature bench-predict bench-alerts bench-fuzz bench-load bench-outage bench-web clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
@@ -28,14 +28,14 @@ demo: $(BASE)
 	$(PY) -m edgewatch demo
 
 lint: $(DEV)
-	$(VENV)/bin/ruff check edgewatch tests bench
-	$(VENV)/bin/ruff format --check edgewatch tests bench
+	$(VENV)/bin/ruff check edgewatch tests bench setup.py
+	$(VENV)/bin/ruff format --check edgewatch tests bench setup.py
 	$(VENV)/bin/mypy
 
 test: lint
 	$(VENV)/bin/pytest
 
-bench: bench-ingest bench-client bench-curvature bench-predict bench-alerts bench-fuzz bench-load bench-outage
+bench: bench-ingest bench-client bench-curvature bench-predict bench-alerts bench-fuzz bench-load bench-outage bench-web
 
 bench-ingest: $(DEV)
 	$(PY) bench/ingest.py
@@ -70,3 +70,8 @@ bench-load: $(DEV)
 # Step time through a long daemon outage (disk spool) against a live daemon, side by side.
 bench-outage: $(DEV)
 	$(PY) bench/outage.py
+
+# The job page of a 10^6- and a 10^7-step job in headless Chromium: load time and bytes
+# (about 4 minutes, most of it writing the rows).
+bench-web: $(DEV)
+	$(PY) bench/web.py

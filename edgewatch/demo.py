@@ -13,6 +13,8 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import sys
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -130,6 +132,18 @@ def what_edgewatch_saw(server: str, job: str) -> None:
         )
 
 
+def keep_serving(daemon: subprocess.Popen[bytes]) -> None:
+    """Let a person look at the page: serve until Ctrl-C (the terminal sends SIGINT to the
+    daemon too, which then stops as it does on SIGTERM). Not on a terminal (CI, a pipe),
+    the demo stops at once instead."""
+    print("   the daemon keeps serving it: open it in a browser; Ctrl-C stops", flush=True)
+    try:
+        while daemon.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print()
+
+
 def run_demo(steps: int = 600, workdir: str = ".demo") -> int:
     Path(workdir).mkdir(parents=True, exist_ok=True)
     db = Path(workdir) / "edgewatch.db"
@@ -166,6 +180,10 @@ def run_demo(steps: int = 600, workdir: str = ".demo") -> int:
                     )
                 ):
                     print("  " + line)
+        page = f"{server}/jobs/{urllib.parse.quote(job, safe='')}"
+        print(f"\n== the job's page: {page}\n   every job: {server}/")
+        if sys.stdout.isatty():
+            keep_serving(daemon)
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
