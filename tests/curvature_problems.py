@@ -193,3 +193,18 @@ def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor
     return torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
     )
+
+
+def spectrum_with(eigenvalues: list[float], seed: int = 0, turn: float = 0.0) -> torch.Tensor:
+    """A symmetric matrix with these eigenvalues; ``turn`` rotates its eigenvectors a
+    little (a slowly moving Hessian: turn 1 ≈ 0.01 rad)."""
+    n = len(eigenvalues)
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    if turn:
+        skew = torch.randn(
+            n, n, generator=torch.Generator().manual_seed(seed + 1000), dtype=torch.float64
+        )
+        skew = (skew - skew.T) / (2 * n**0.5)
+        q = torch.linalg.matrix_exp(0.01 * turn * skew) @ q
+    return q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T

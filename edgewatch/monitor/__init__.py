@@ -31,7 +31,6 @@ from edgewatch.monitor.thresholds import (
 
 if TYPE_CHECKING:
     from edgewatch.monitor.critical_lr import CriticalLR, find_lr
-    from edgewatch.monitor.direction import update_direction
     from edgewatch.monitor.curvature import (
         SharpnessEstimate,
         UpdateCurvature,
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
         sharpness,
         update_curvature,
     )
+    from edgewatch.monitor.direction import update_direction
     from edgewatch.monitor.eigen import EigenEstimate, NotConvergedWarning, top_eigenvalue
     from edgewatch.monitor.hvp import HessianOperator
     from edgewatch.monitor.line_search import CriticalSharpness, critical_sharpness

@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from edgewatch.monitor.eigen import EigenEstimate, top_eigenvalue
+from edgewatch.monitor.eigen import COLD_EXPLORE, EigenEstimate, top_eigenvalue
 from edgewatch.monitor.hvp import HessianOperator, Probe, flat_params
 from edgewatch.monitor.isolation import private_generator, untouched
 from edgewatch.monitor.thresholds import uses_preconditioned_sharpness
@@ -85,7 +85,8 @@ def sharpness(
     """Top Hessian eigenvalue of ``probe()``'s loss, preconditioned for Adam with state.
 
     ``v0``: a warm start (the previous estimate's ``vector``); random when None, drawn
-    from ``generator`` or else from a private one (never the global RNG). ``gap``: the
+    from ``generator`` or else from a private one (never the global RNG), and then run
+    for at least ``COLD_EXPLORE`` HVPs (see ``monitor/eigen.py``). ``gap``: the
     previous estimate's ``gap``, which lets a warm start stop after one HVP (see
     :func:`~edgewatch.monitor.eigen.top_eigenvalue`).
     """
@@ -95,7 +96,9 @@ def sharpness(
     with untouched(module, params):
         operator = HessianOperator(params, probe, scale)
         first = params[0]
+        min_iter = 1
         if v0 is None or v0.numel() != operator.dim:
+            min_iter = min(COLD_EXPLORE, max_iter)
             generator = generator if generator is not None else private_generator()
             v0 = torch.randn(operator.dim, generator=generator, dtype=torch.float64)
         est = top_eigenvalue(
@@ -105,6 +108,7 @@ def sharpness(
             tol=tol,
             max_iter=max_iter,
             gap=gap,
+            min_iter=min_iter,
         )
     fields = {f.name: getattr(est, f.name) for f in dataclasses.fields(est)}  # no deep copy
     return SharpnessEstimate(**fields, preconditioned=scale is not None, loss=operator.loss)

@@ -44,7 +44,7 @@ from edgewatch.monitor.curvature import (
     preconditioner_scale,
 )
 from edgewatch.monitor.direction import update_direction
-from edgewatch.monitor.eigen import LanczosRun, lanczos
+from edgewatch.monitor.eigen import COLD_EXPLORE, LanczosRun, lanczos
 from edgewatch.monitor.hvp import HessianOperator, flat_params
 from edgewatch.monitor.isolation import private_generator, untouched
 from edgewatch.monitor.subspace import RitzSubspace
@@ -55,7 +55,6 @@ JUMP = 0.5  # a warm estimate below (1 − JUMP) × the last value is suspect
 WARM_HVPS = 8  # a warm estimate not done after this many HVPs restarts
 SUBSPACE = 8  # Ritz vectors kept across the slices of one estimate
 REFRESH = 8  # every REFRESH-th estimate starts from the neighbourhood, not warm
-EXPLORE = 12  # HVPs a restarted estimate spends before it may stop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +156,7 @@ class SharpnessTracker:
             start = progress.vector.to(device=self.params[0].device, dtype=self.params[0].dtype)
             # A restarted estimate explores first: the bound says how close θ is to *an*
             # eigenvalue, not whether a young Krylov space has seen the top one yet.
-            explored = not progress.restarted or progress.matvecs - progress.since >= EXPLORE
+            explored = not progress.restarted or progress.matvecs - progress.since >= COLD_EXPLORE
             tol = self.tol if explored else 0.0
             run = lanczos(operator, start, tol, budget, progress.gap, keep_products=True)
             self.hvps_total += run.estimate.matvecs
