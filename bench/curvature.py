@@ -40,9 +40,11 @@ from common import daemon_process, header
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from curvature_problems import make_problem
+from curvature_tracker import tracker_section
 
 import edgewatch
 from edgewatch.monitor import NotConvergedWarning, adam_preconditioner, top_eigenvalue
+from edgewatch.monitor.eigen import COLD_EXPLORE
 from edgewatch.monitor.hvp import HessianOperator, flat_params
 
 TARGET = 0.01
@@ -95,7 +97,10 @@ class Comparison:
 
             r = self.results[method]
             r["to1pct"].append(iterates_to_target(kth, truth))
-            final = top_eigenvalue(op, v0, tol=1e-3, max_iter=30)
+            cold = method == "cold" or self.warm_vector is None
+            final = top_eigenvalue(
+                op, v0, tol=1e-3, max_iter=30, min_iter=COLD_EXPLORE if cold else 1
+            )
             r["final_err"].append(abs(final.value - truth) / abs(truth))
             r["hvps"].append(final.matvecs)
             if method == "warm":
@@ -272,7 +277,7 @@ class TrainingLoop:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer snapshots and steps")
-    parser.add_argument("--only", choices=["accuracy", "overhead"], help="run one part")
+    parser.add_argument("--only", choices=["accuracy", "tracker", "overhead"], help="run one part")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", NotConvergedWarning)
@@ -286,9 +291,11 @@ def main() -> None:
             + ")",
         )
     )
-    if args.only != "overhead":
+    if args.only in (None, "accuracy"):
         accuracy(q)
-    if args.only != "accuracy":
+    if args.only in (None, "tracker"):
+        tracker_section(q)
+    if args.only in (None, "overhead"):
         overhead(q)
 
 

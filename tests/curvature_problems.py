@@ -115,3 +115,96 @@ def trajectory(kind: str, lr: float, steps: int, every: int, seed: int = 1) -> l
         if step % every == 0:
             snapshots.append(base)
     return snapshots
+
+
+class CausalSelfAttention(torch.nn.Module):
+    """nanoGPT's attention: one fused QKV projection; ``sdpa`` calls
+    F.scaled_dot_product_attention, ``eager`` spells the same math out (the reference)."""
+
+    def __init__(self, d: int, heads: int, dropout: float, attention: str) -> None:
+        super().__init__()
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.proj = torch.nn.Linear(d, d)
+        self.heads, self.dropout, self.attention = heads, dropout, attention
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        p = self.dropout if self.training else 0.0
+        if self.attention == "sdpa":
+            y = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, dropout_p=p, is_causal=True
+            )
+        else:
+            scores = (q @ k.transpose(-2, -1)) / (k.shape[-1] ** 0.5)  # (B, nh, T, T)
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            y = torch.nn.functional.dropout(weights, p) @ v  # (B, nh, T, hs)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class TinyGPT(torch.nn.Module):
+    """A nanoGPT-shaped character model: pre-LayerNorm blocks, GELU MLP, tied head."""
+
+    def __init__(
+        self,
+        vocab: int,
+        d: int,
+        heads: int,
+        layers: int,
+        context: int,
+        dropout: float = 0.0,
+        attention: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, d)
+        self.position = torch.nn.Embedding(context, d)
+        self.drop = torch.nn.Dropout(dropout)
+        self.blocks = torch.nn.ModuleList()
+        for _ in range(layers):
+            block = torch.nn.ModuleDict(
+                {
+                    "ln1": torch.nn.LayerNorm(d),
+                    "attn": CausalSelfAttention(d, heads, dropout, attention),
+                    "ln2": torch.nn.LayerNorm(d),
+                    "mlp": torch.nn.Sequential(
+                        torch.nn.Linear(d, 4 * d),
+                        torch.nn.GELU(),
+                        torch.nn.Linear(4 * d, d),
+                        torch.nn.Dropout(dropout),
+                    ),
+                }
+            )
+            self.blocks.append(block)
+        self.ln = torch.nn.LayerNorm(d)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        T = tokens.shape[1]
+        x = self.drop(self.embed(tokens) + self.position(torch.arange(T, device=tokens.device)))
+        for block in self.blocks:
+            x = x + block["attn"](block["ln1"](x))
+            x = x + block["mlp"](block["ln2"](x))
+        return self.ln(x) @ self.embed.weight.T  # (B, T, vocab), head tied to the embedding
+
+
+def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    logits = model(batch[:, :-1])  # (B, T, vocab)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+    )
+
+
+def spectrum_with(eigenvalues: list[float], seed: int = 0, turn: float = 0.0) -> torch.Tensor:
+    """A symmetric matrix with these eigenvalues; ``turn`` rotates its eigenvectors a
+    little (a slowly moving Hessian: turn 1 ≈ 0.01 rad)."""
+    n = len(eigenvalues)
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    if turn:
+        skew = torch.randn(
+            n, n, generator=torch.Generator().manual_seed(seed + 1000), dtype=torch.float64
+        )
+        skew = (skew - skew.T) / (2 * n**0.5)
+        q = torch.linalg.matrix_exp(0.01 * turn * skew) @ q
+    return q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T

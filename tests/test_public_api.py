@@ -79,3 +79,21 @@ def test_monitor_exports_the_designed_torch_functions() -> None:
     params = inspect.signature(top_eigenvalue).parameters
     assert list(params)[:5] == ["matvec", "v0", "method", "tol", "max_iter"]
     assert params["method"].default == "lanczos"
+
+
+def test_the_tracker_interface_is_the_one_the_client_codes_against() -> None:
+    from edgewatch.monitor import SharpnessTracker, TrackedEstimate, critical_sharpness
+
+    params = inspect.signature(SharpnessTracker).parameters
+    assert list(params)[:3] == ["model", "probe", "optimizer"]
+    for name, default in (("hvps_per_step", 2), ("max_hvps", 30), ("seed", None)):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert params[name].default == default
+    fields = {f for f in TrackedEstimate.__dataclass_fields__}
+    assert {"value", "vector", "matvecs", "residual", "error_bound", "converged", "gap"} <= fields
+    assert {"slices", "restarted", "update_curvature", "eta_max", "loss"} <= fields
+    params = inspect.signature(critical_sharpness).parameters
+    assert list(params)[:4] == ["model", "probe", "direction", "lr"]
+    assert params["max_forwards"].default == 10
+    params = inspect.signature(edgewatch.monitor.top_eigenvalue).parameters
+    assert params["gap"].kind is inspect.Parameter.KEYWORD_ONLY

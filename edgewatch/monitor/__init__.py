@@ -2,7 +2,7 @@
 
 Float-only functions (thresholds, the LR plan, the forecaster) import no torch: the
 daemon uses them. The torch functions (Hessian-vector products, eigen-estimators,
-sharpness, the critical LR) are imported on first
+sharpness, its tracker, the critical LR and critical sharpness) are imported on first
 use, so that ``import edgewatch.monitor`` works where torch is absent. (No submodule
 is named like a function it exports: importing ``monitor/sharpness.py`` would have made
 ``edgewatch.monitor.sharpness`` the module, not the function.)
@@ -38,12 +38,16 @@ if TYPE_CHECKING:
         sharpness,
         update_curvature,
     )
+    from edgewatch.monitor.direction import update_direction
     from edgewatch.monitor.eigen import EigenEstimate, NotConvergedWarning, top_eigenvalue
     from edgewatch.monitor.hvp import HessianOperator
+    from edgewatch.monitor.line_search import CriticalSharpness, critical_sharpness
+    from edgewatch.monitor.tracking import SharpnessTracker, TrackedEstimate
 
 __all__ = [
     "Alert",
     "CriticalLR",
+    "CriticalSharpness",
     "EigenEstimate",
     "HessianOperator",
     "JobForecast",
@@ -51,10 +55,13 @@ __all__ = [
     "NotConvergedWarning",
     "PredictorSettings",
     "SharpnessEstimate",
+    "SharpnessTracker",
+    "TrackedEstimate",
     "UpdateCurvature",
     "adam_preconditioner",
     "adam_threshold",
     "compress",
+    "critical_sharpness",
     "find_lr",
     "gd_threshold",
     "heavy_ball_threshold",
@@ -64,6 +71,7 @@ __all__ = [
     "threshold_for",
     "top_eigenvalue",
     "update_curvature",
+    "update_direction",
     "uses_preconditioned_sharpness",
 ]
 
@@ -79,6 +87,11 @@ _LAZY = {
     "adam_preconditioner": "edgewatch.monitor.curvature",
     "sharpness": "edgewatch.monitor.curvature",
     "update_curvature": "edgewatch.monitor.curvature",
+    "update_direction": "edgewatch.monitor.direction",
+    "CriticalSharpness": "edgewatch.monitor.line_search",
+    "critical_sharpness": "edgewatch.monitor.line_search",
+    "SharpnessTracker": "edgewatch.monitor.tracking",
+    "TrackedEstimate": "edgewatch.monitor.tracking",
 }
 
 

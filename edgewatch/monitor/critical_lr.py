@@ -18,8 +18,9 @@ import dataclasses
 import torch
 
 from edgewatch.monitor.curvature import adam_preconditioner
-from edgewatch.monitor.eigen import top_eigenvalue
-from edgewatch.monitor.hvp import HessianOperator, Probe, buffers_restored, flat_params
+from edgewatch.monitor.eigen import COLD_EXPLORE, top_eigenvalue
+from edgewatch.monitor.hvp import HessianOperator, Probe, flat_params
+from edgewatch.monitor.isolation import untouched
 from edgewatch.monitor.thresholds import threshold_for, uses_preconditioned_sharpness
 
 
@@ -65,7 +66,7 @@ def find_lr(
     }
     scale = None
     module = model if isinstance(model, torch.nn.Module) else None
-    with buffers_restored(module):
+    with untouched(module, params):
         if uses_preconditioned_sharpness(description["kind"]):
             scale = adam_preconditioner(optimizer, params)
             if scale is None:  # no state yet: Adam's first step divides by |g| + eps
@@ -75,7 +76,12 @@ def find_lr(
         generator = torch.Generator().manual_seed(seed)
         v0 = torch.randn(operator.dim, generator=generator, dtype=params[0].dtype)
         est = top_eigenvalue(
-            operator, v0.to(params[0].device), method="lanczos", tol=tol, max_iter=max_iter
+            operator,
+            v0.to(params[0].device),
+            method="lanczos",
+            tol=tol,
+            max_iter=max_iter,
+            min_iter=min(COLD_EXPLORE, max_iter),  # a random start: explore first
         )
     # threshold(η) = constant/η for every optimizer here: η_c = constant/λ₀.
     constant = threshold_for(description, 1.0)

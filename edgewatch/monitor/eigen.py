@@ -7,14 +7,15 @@ one needs dozens.
 
 - ``lanczos`` (default): Lanczos with full reorthogonalisation (Golub & Van Loan,
   "Matrix Computations", 4th ed., §10.1), reporting the **largest algebraic** Ritz value.
-  Its residual ‖Hy − θy‖ comes free from the recurrence as |β_k · s_k| (ibid. §10.1.4),
-  so stopping on it costs no extra mat-vec. Full reorthogonalisation keeps the Krylov
-  basis orthogonal in floating point; at ≤ 30 vectors it costs little next to an HVP.
-- ``power``: power iteration on the Rayleigh quotient. It converges to the eigenvalue
-  of **largest magnitude**, which is a large negative one when the Hessian has one (a
-  saddle); it is kept as the simple reference the tools in use today run.
+  It stops on a bound of the *eigenvalue's* error (see :func:`eigenvalue_error_bound`),
+  which needs no extra mat-vec: the residual ‖Hy − θy‖ comes free from the recurrence as
+  |β_k · s_k| (ibid. §10.1.4), and the gap from the tridiagonal's Ritz values.
+- ``power``: power iteration on the Rayleigh quotient, stopped on the relative residual.
+  It converges to the eigenvalue of **largest magnitude**, which is a large negative one
+  when the Hessian has one (a saddle); it is kept as the simple reference the tools in use
+  today run.
 
-Non-convergence is data: the result says ``converged=False`` with its residual, and a
+Non-convergence is data: the result says ``converged=False`` with its error bound, and a
 warning is issued; no exception.
 """
 
@@ -30,6 +31,12 @@ import torch
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
+COLD_EXPLORE = 12
+"""Mat-vecs a random start spends before it may stop (``min_iter`` of a cold start).
+The error bound says how close θ1 is to *an* eigenvalue; whether a young Krylov space
+has seen the top one is another matter: on the exact-Hessian problems, cold starts
+stopped by the bound after 4–6 mat-vecs were up to 5% off (bench/RESULTS.md)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class EigenEstimate:
@@ -42,11 +49,47 @@ class EigenEstimate:
     residual: float
     """‖Hv − λv‖ / |λ| at the returned pair."""
     converged: bool
-    """Whether ``residual <= tol`` was reached within ``max_iter`` mat-vecs."""
+    """Whether ``error_bound <= tol`` was reached within ``max_iter`` mat-vecs."""
+    error_bound: float = math.nan
+    """Estimated bound of |λ_max − value| / |value| (Lanczos: Kato–Temple, see
+    :func:`eigenvalue_error_bound`; power iteration: the relative residual)."""
+    gap: float = math.nan
+    """The gap estimate δ the bound used: θ1 − θ2 − r2 of the final tridiagonal (capped
+    by the ``gap`` passed in, if any), or that ``gap`` when the tridiagonal had one row;
+    NaN when none was known."""
 
 
 class NotConvergedWarning(RuntimeWarning):
     """An estimate stopped at ``max_iter`` above its tolerance (the result says so too)."""
+
+
+def eigenvalue_error_bound(residual: float, gap: float, value: float) -> float:
+    """min(r, r²/δ) / |θ|: a bound of a Ritz value's error, relative to the value.
+
+    ``residual`` r = ‖Hy − θy‖ of a unit Ritz vector y, ``gap`` δ the distance from θ to
+    the rest of the spectrum, NaN when unknown. Two classical bounds (Parlett, "The
+    Symmetric Eigenvalue Problem", 1998, §4.5 and §10.2): some eigenvalue lies within r
+    of θ; and, Kato–Temple, when θ is closer to λ1 than to any other eigenvalue,
+    λ1 − θ ≤ r²/δ. The second is far smaller once r ≪ δ: the error of a Ritz value is of
+    the order of its residual *squared*, which is why stopping on the residual wastes
+    mat-vecs.
+
+    The true δ is θ − λ2, unknown. Lanczos offers θ1 − θ2 of its tridiagonal, and by
+    Cauchy interlacing θ2 ≤ λ2, so θ1 − θ2 *over*-estimates the gap and r²/(θ1 − θ2)
+    can under-estimate the error. :func:`lanczos` therefore uses θ1 − θ2 − r2 (r2 the
+    residual of the second Ritz pair: some eigenvalue lies within r2 of θ2), which
+    after two or three steps from a warm start is far smaller than θ1 − θ2, and caps it
+    by a gap carried from a previous, better resolved estimate when one is given. It is
+    still an estimate, not a guarantee (λ2 may be an eigenvalue the Krylov space has
+    not seen at all); the default tolerances are calibrated against exact spectra for
+    that reason (bench/RESULTS.md, "Curvature").
+    """
+    if value == 0:
+        return math.inf
+    bound = residual
+    if gap > 0 and math.isfinite(gap):  # NaN compares False: no gap, no Kato–Temple
+        bound = min(residual, residual * residual / gap)
+    return bound / abs(value)
 
 
 def _start_vector(v0: torch.Tensor | int, generator: torch.Generator | None) -> torch.Tensor:
@@ -74,41 +117,83 @@ def top_eigenvalue(
     tol: float = 1e-3,
     max_iter: int = 30,
     generator: torch.Generator | None = None,
+    *,
+    gap: float | None = None,
+    min_iter: int | None = None,
 ) -> EigenEstimate:
     """Estimate the top eigenvalue of the symmetric operator ``matvec``.
 
     ``v0`` is the start vector (a warm start) or the dimension (a random start, drawn
-    from ``generator``). Stops when ``‖Hv − λv‖/|λ| <= tol`` or after ``max_iter``
-    mat-vecs. See the module docstring for which eigenvalue each method reports.
+    from ``generator``). Lanczos stops when its eigenvalue error bound, relative to the
+    value, is ``<= tol`` (:func:`eigenvalue_error_bound`); power iteration when its
+    relative residual is. Both stop after ``max_iter`` mat-vecs at most. ``gap``: an
+    estimate of λ1 − λ2 known beforehand (the previous estimate's ``gap``), which lets
+    a warm start stop after one mat-vec; from the second on Lanczos has its own.
+    ``min_iter``: mat-vecs before Lanczos may stop; by default ``COLD_EXPLORE`` for a
+    random start (``v0`` an int) and 1 for a given one. See the module docstring for
+    which eigenvalue each method reports.
     """
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
+    if min_iter is None:
+        min_iter = min(COLD_EXPLORE, max_iter) if isinstance(v0, int) else 1
     start = _start_vector(v0, generator)
     if method == "lanczos":
-        result = _lanczos(matvec, start, tol, max_iter)
+        result = lanczos(matvec, start, tol, max_iter, gap, min_iter=min_iter).estimate
     elif method == "power":
         result = _power(matvec, start, tol, max_iter)
     else:
         raise ValueError(f"method must be 'lanczos' or 'power', got {method!r}")
     if not result.converged:
         warnings.warn(
-            f"{method} stopped after {result.matvecs} mat-vecs at relative residual "
-            f"{result.residual:.2e} > tol {tol:.0e}",
+            f"{method} stopped after {result.matvecs} mat-vecs at relative error bound "
+            f"{result.error_bound:.2e} > tol {tol:.0e}",
             NotConvergedWarning,
             stacklevel=2,
         )
     return result
 
 
-def _lanczos(matvec: MatVec, q: torch.Tensor, tol: float, max_iter: int) -> EigenEstimate:
+@dataclasses.dataclass(frozen=True)
+class LanczosRun:
+    """A Lanczos run's estimate and, for a caller that restarts, its Krylov basis."""
+
+    estimate: EigenEstimate
+    basis: torch.Tensor
+    """(n, k) orthonormal Krylov vectors q_1 .. q_k."""
+    products: torch.Tensor | None
+    """(n, k) H·q_j as returned by ``matvec`` (when asked for), else None."""
+    own_gap: float
+    """θ1 − θ2 − r2 of the final tridiagonal, not capped by a given gap (NaN at k = 1)."""
+    resolved: bool
+    """Whether θ2 is resolved (r2 below half the gap θ1 − θ2), so that ``own_gap`` is
+    worth carrying to the next estimate."""
+
+
+def lanczos(
+    matvec: MatVec,
+    q: torch.Tensor,
+    tol: float,
+    max_iter: int,
+    gap: float | None = None,
+    keep_products: bool = False,
+    min_iter: int = 1,
+) -> LanczosRun:
+    """Lanczos from the unit vector ``q``; no argument checks and no warning (see
+    :func:`top_eigenvalue`, which is the public entry)."""
     basis = [q]  # orthonormal Krylov vectors q_1 .. q_k
+    products: list[torch.Tensor] = []
     alphas: list[float] = []
     betas: list[float] = []
-    theta, ritz, residual = 0.0, q, math.inf
+    given_gap = math.nan if gap is None else gap
+    theta, ritz, residual, bound, delta, own_gap = 0.0, q, math.inf, math.inf, math.nan, math.nan
+    invariant, r2 = False, math.inf
     for k in range(1, max_iter + 1):
         w = matvec(basis[-1]).to(basis[-1].dtype)
+        if keep_products:
+            products.append(w)
         alpha = float(torch.dot(w, basis[-1]))
         alphas.append(alpha)
         # Full reorthogonalisation, twice ("twice is enough": Parlett), against every
@@ -124,15 +209,35 @@ def _lanczos(matvec: MatVec, q: torch.Tensor, tol: float, max_iter: int) -> Eige
         eigenvalues, eigenvectors = torch.linalg.eigh(T)  # ascending
         theta = float(eigenvalues[-1])
         s = eigenvectors[:, -1]  # (k,)
-        residual = _relative(abs(beta * float(s[-1])), theta)
+        r = abs(beta * float(s[-1]))  # ‖Hy − θy‖, free from the recurrence
+        residual = _relative(r, theta)
+        if k >= 2:
+            # The gap to the next Ritz value, less that Ritz value's own residual: some
+            # eigenvalue lies within r2 of θ2, so θ2 + r2 is a safer stand-in for λ2
+            # than θ2, which interlacing puts below it. Capped by a gap given from before.
+            r2 = abs(beta * float(eigenvectors[-1, -2]))
+            own_gap = theta - float(eigenvalues[-2]) - r2
+            delta = min(own_gap, given_gap) if gap is not None else own_gap
+        else:
+            delta = given_gap
+        bound = eigenvalue_error_bound(r, delta, theta)
         ritz = Q @ s.to(Q.dtype)
-        if residual <= tol or beta <= 1e-12 * max(abs(theta), 1.0) or k == max_iter:
-            break  # converged, an invariant subspace was found, or out of budget
+        invariant = beta <= 1e-12 * max(abs(theta), 1.0)  # an invariant subspace: exact
+        if invariant:
+            bound = 0.0
+        if (bound <= tol and k >= min_iter) or invariant or k == max_iter:
+            break
         betas.append(beta)
         basis.append(w / beta)
-    converged = residual <= tol or beta <= 1e-12 * max(abs(theta), 1.0)
     ritz = ritz / torch.linalg.vector_norm(ritz)
-    return EigenEstimate(theta, ritz, len(alphas), residual, converged)
+    converged = bound <= tol and (len(alphas) >= min_iter or invariant)
+    estimate = EigenEstimate(
+        theta, ritz, len(alphas), residual, converged, error_bound=bound, gap=delta
+    )
+    stacked = torch.stack(basis[: len(alphas)], dim=1)
+    kept = torch.stack(products, dim=1) if keep_products else None
+    resolved = len(alphas) >= 2 and own_gap >= r2  # r2 ≤ (θ1 − θ2)/2
+    return LanczosRun(estimate, stacked, kept, own_gap, resolved)
 
 
 def _power(matvec: MatVec, v: torch.Tensor, tol: float, max_iter: int) -> EigenEstimate:
@@ -142,6 +247,6 @@ def _power(matvec: MatVec, v: torch.Tensor, tol: float, max_iter: int) -> EigenE
         value = float(torch.dot(v, w))
         residual = _relative(float(torch.linalg.vector_norm(w - value * v)), value)
         if residual <= tol or k == max_iter:
-            return EigenEstimate(value, v, k, residual, residual <= tol)
+            return EigenEstimate(value, v, k, residual, residual <= tol, error_bound=residual)
         v = w / torch.linalg.vector_norm(w)
     raise AssertionError("unreachable")

@@ -83,9 +83,14 @@ class HessianOperator:
         return torch.cat([g.detach().reshape(-1) for g in self.grads])
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """D·H·(D·v), or H·v without a scale. One HVP."""
+        if self.scale is None:
+            return self.hessian_times(v)
+        return self.hessian_times(v.to(self.scale.dtype) * self.scale) * self.scale
+
+    def hessian_times(self, v: torch.Tensor) -> torch.Tensor:
+        """H·v, the scale left out (the raw curvature along a direction). One HVP."""
         v = v.to(self.grads[0].dtype)
-        if self.scale is not None:
-            v = v * self.scale
         chunks = torch.split(v, self.sizes)  # one flat slice per parameter
         pieces = [piece.view_as(p) for piece, p in zip(chunks, self.params, strict=True)]
         with _math_attention():
@@ -93,8 +98,7 @@ class HessianOperator:
                 self.grads, self.params, grad_outputs=pieces, retain_graph=True
             )
         self.matvecs += 1
-        out = torch.cat([h.reshape(-1) for h in hv])  # (dim,)
-        return out * self.scale if self.scale is not None else out
+        return torch.cat([h.reshape(-1) for h in hv])  # (dim,)
 
 
 def flat_params(model_or_params: torch.nn.Module | list[torch.Tensor]) -> list[torch.Tensor]:

@@ -1,0 +1,260 @@
+"""Sharpness tracked through training, a few HVPs per training step.
+
+An estimate is spread over several steps so that none of them stalls: each call to
+:meth:`SharpnessTracker.advance` builds the probe graph once at the current parameters
+and runs at most ``hvps_per_step`` Lanczos HVPs, restarted from the running Ritz vector
+(chosen by a Rayleigh–Ritz step over the earlier slices' vectors, ``monitor/subspace.py``).
+The estimate finishes when one slice meets the stopping rule; the value reported is that
+slice's, at the parameters of then.
+
+Policy:
+
+- **Warm start.** An estimate starts from the previous one's vector, with the gap
+  carried from it, so that one HVP can end it by the Kato–Temple bound
+  (``monitor/eigen.py``). The carried gap is replaced when a slice resolves its second
+  Ritz value (r2 ≤ (θ1 − θ2)/2), otherwise it only shrinks.
+- **When the spectrum reorders**, a warm start can sit on a former top eigenvector, now
+  a lower one, and converge to it. Ritz values are lower bounds of λ_max, so a *rise* is
+  never such an artefact; a drop below (1 − JUMP) of the last value is suspect, and so
+  is a warm estimate that has not met the rule after ``WARM_HVPS``. Either starts again
+  from the previous vector's neighbourhood: the previous top two Ritz vectors plus a
+  random vector of the same weight (bench/RESULTS.md compares this with a plain random
+  restart). The random vectors come from the tracker's own generator.
+- **Directional signals.** The slice that finishes an estimate spends one more HVP, in
+  the same probe graph, on the curvature along the optimizer's last update and the step
+  limit along it (``monitor/direction.py``, ``monitor/curvature.py``).
+
+Zero perturbation: every probe runs with the global RNG states and the model's buffers
+put back (``monitor/isolation.py``); ``.grad`` is not written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+from edgewatch.monitor.curvature import (
+    SharpnessEstimate,
+    UpdateCurvature,
+    curvature_along,
+    preconditioner_scale,
+)
+from edgewatch.monitor.direction import update_direction
+from edgewatch.monitor.eigen import COLD_EXPLORE, LanczosRun, lanczos
+from edgewatch.monitor.hvp import HessianOperator, flat_params
+from edgewatch.monitor.isolation import private_generator, untouched
+from edgewatch.monitor.subspace import RitzSubspace
+
+TOL = 3e-3
+"""Default relative error bound at which an estimate stops (calibrated: see bench)."""
+JUMP = 0.5  # a warm estimate below (1 − JUMP) × the last value is suspect
+WARM_HVPS = 8  # a warm estimate not done after this many HVPs restarts
+SUBSPACE = 8  # Ritz vectors kept across the slices of one estimate
+REFRESH = 8  # every REFRESH-th estimate starts from the neighbourhood, not warm
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackedEstimate(SharpnessEstimate):
+    """A finished estimate. ``matvecs`` counts its Lanczos HVPs over all its slices
+    (not the directional one); ``value``, ``residual``, ``error_bound``, ``gap`` and
+    ``loss`` are the last slice's."""
+
+    slices: int = 1
+    """Training steps (calls to ``advance``) the estimate spanned."""
+    restarted: bool = False
+    """Started cold or from the previous vector's neighbourhood, not warm."""
+    update_curvature: float = math.nan
+    """uᵀHu/‖u‖² along the optimizer's last update u; NaN without one."""
+    update_curvature_preconditioned: float = math.nan
+    """uᵀHu/(uᵀPu) for Adam-type optimizers (compare with the threshold of λ_max(P⁻¹H))."""
+    eta_max: float = math.nan
+    """2·gᵀu/(uᵀHu), g the probe loss's gradient; NaN without a direction."""
+
+
+@dataclasses.dataclass
+class _Progress:
+    """The estimate in progress."""
+
+    vector: torch.Tensor
+    gap: float | None
+    restarted: bool
+    subspace: RitzSubspace
+    matvecs: int = 0
+    slices: int = 0
+    since: int = 0  # matvecs when this (re)start began
+
+
+class SharpnessTracker:
+    """λ_max of ``probe``'s loss (λ_max(P⁻¹H) for Adam-type ``optimizer`` with state),
+    tracked across training steps at most ``hvps_per_step`` HVPs per step.
+
+    ``model``: the module (buffers restored after each probe) or a list of parameters.
+    ``probe``: zero-argument callable returning a scalar loss on a fixed batch; it runs in
+    whatever mode the model is in. ``tol``: the relative eigenvalue-error bound at which
+    an estimate stops. ``max_hvps``: at most this many Lanczos HVPs per estimate, then it
+    finishes with ``converged=False``. ``seed``: of the tracker's own generator (from the
+    OS's entropy when None). ``restart``: how a warm start that failed starts again,
+    "neighbourhood" (default) or "random".
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module | list[torch.Tensor],
+        probe: Callable[[], torch.Tensor],
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        tol: float = TOL,
+        hvps_per_step: int = 2,
+        max_hvps: int = 30,
+        seed: int | None = None,
+        restart: Literal["neighbourhood", "random"] = "neighbourhood",
+    ) -> None:
+        if hvps_per_step < 1:
+            raise ValueError(f"hvps_per_step must be >= 1, got {hvps_per_step}")
+        if max_hvps < hvps_per_step:
+            raise ValueError(f"max_hvps ({max_hvps}) must be >= hvps_per_step ({hvps_per_step})")
+        if not tol > 0:
+            raise ValueError(f"tol must be > 0, got {tol}")
+        if restart not in ("neighbourhood", "random"):
+            raise ValueError(f"restart must be 'neighbourhood' or 'random', got {restart!r}")
+        self.params = flat_params(model)
+        if not self.params:
+            raise ValueError("no parameters require grad: nothing to differentiate")
+        self.module = model if isinstance(model, torch.nn.Module) else None
+        self.probe = probe
+        self.optimizer = optimizer
+        self.tol = tol
+        self.hvps_per_step = hvps_per_step
+        self.max_hvps = max_hvps
+        self.restart = restart
+        self.generator = private_generator(seed)
+        self.hvps_total = 0
+        self.estimates = 0  # started
+        self.last: TrackedEstimate | None = None
+        self._progress: _Progress | None = None
+        self._second: torch.Tensor | None = None  # second Ritz vector of the last estimate
+        self._gap: float | None = None  # carried from estimate to estimate
+
+    @property
+    def in_progress(self) -> bool:
+        """An estimate has started and not finished."""
+        return self._progress is not None
+
+    def advance(self) -> TrackedEstimate | None:
+        """One slice at the current parameters; the finished estimate, or None."""
+        if self._progress is None:
+            self._progress = self._begin()
+        progress = self._progress
+        with untouched(self.module, self.params):
+            scale = preconditioner_scale(self.optimizer, self.params)
+            operator = HessianOperator(self.params, self.probe, scale)
+            budget = min(self.hvps_per_step, self.max_hvps - progress.matvecs)
+            start = progress.vector.to(device=self.params[0].device, dtype=self.params[0].dtype)
+            # A restarted estimate explores first: the bound says how close θ is to *an*
+            # eigenvalue, not whether a young Krylov space has seen the top one yet.
+            explored = not progress.restarted or progress.matvecs - progress.since >= COLD_EXPLORE
+            tol = self.tol if explored else 0.0
+            run = lanczos(operator, start, tol, budget, progress.gap, keep_products=True)
+            self.hvps_total += run.estimate.matvecs
+            progress.matvecs += run.estimate.matvecs
+            progress.slices += 1
+            self._learn_gap(run, progress)
+            if run.estimate.converged and self._suspect(run, progress):
+                self._progress = self._restarted(progress)
+                return None
+            out_of_budget = progress.matvecs >= self.max_hvps
+            if run.estimate.converged or out_of_budget:
+                return self._finish(run, progress, operator, scale)
+        if not progress.restarted and progress.matvecs >= WARM_HVPS:
+            self._progress = self._restarted(progress)
+            return None
+        assert run.products is not None
+        progress.subspace.add(run.basis, run.products)
+        progress.vector = progress.subspace.top
+        return None
+
+    def _begin(self) -> _Progress:
+        self.estimates += 1
+        if self.last is None:  # the first estimate: cold
+            return _Progress(self._random(), None, True, RitzSubspace(SUBSPACE))
+        warm = _Progress(self.last.vector, self._gap, False, RitzSubspace(SUBSPACE))
+        if REFRESH and self.estimates % REFRESH == 0:
+            return self._restarted(warm)
+        return warm
+
+    def _random(self) -> torch.Tensor:
+        dim = sum(p.numel() for p in self.params)
+        v = torch.randn(dim, generator=self.generator, dtype=torch.float64)
+        unit: torch.Tensor = v / torch.linalg.vector_norm(v)
+        return unit
+
+    def _restarted(self, progress: _Progress) -> _Progress:
+        """Start again, keeping the HVPs and slices spent: from the running vector plus
+        the second Ritz vector plus a random vector, all of unit norm (or at random)."""
+        vector = self._random()
+        if self.restart == "neighbourhood":
+            second = progress.subspace.second
+            second = second if second is not None else self._second
+            for known in (progress.vector, second):
+                if known is not None:
+                    vector = vector + known.to(device="cpu", dtype=vector.dtype)
+        vector = vector / torch.linalg.vector_norm(vector)
+        subspace = RitzSubspace(SUBSPACE)
+        spent = progress.matvecs
+        return _Progress(vector, None, True, subspace, spent, progress.slices, spent)
+
+    def _suspect(self, run: LanczosRun, progress: _Progress) -> bool:
+        """A warm estimate that dropped by more than JUMP: maybe a former top vector."""
+        if progress.restarted or self.last is None or self.last.value <= 0:
+            return False
+        return run.estimate.value < (1.0 - JUMP) * self.last.value
+
+    def _learn_gap(self, run: LanczosRun, progress: _Progress) -> None:
+        if run.resolved:
+            progress.gap = run.own_gap
+        elif run.estimate.matvecs >= 2 and math.isfinite(run.own_gap) and run.own_gap > 0:
+            progress.gap = run.own_gap if progress.gap is None else min(progress.gap, run.own_gap)
+
+    def _finish(
+        self,
+        run: LanczosRun,
+        progress: _Progress,
+        operator: HessianOperator,
+        scale: torch.Tensor | None,
+    ) -> TrackedEstimate:
+        along = self._along(operator, scale)
+        est = run.estimate
+        tracked = TrackedEstimate(
+            value=est.value,
+            vector=est.vector.detach(),
+            matvecs=progress.matvecs,
+            residual=est.residual,
+            converged=est.converged,
+            error_bound=est.error_bound,
+            gap=est.gap,
+            preconditioned=scale is not None,
+            loss=operator.loss,
+            slices=progress.slices,
+            restarted=progress.restarted,
+            update_curvature=along.curvature,
+            update_curvature_preconditioned=along.preconditioned,
+            eta_max=along.eta_max,
+        )
+        if run.products is not None:
+            progress.subspace.add(run.basis, run.products)
+        self._second = progress.subspace.second
+        self._gap = progress.gap
+        self.last = tracked
+        self._progress = None
+        return tracked
+
+    def _along(self, operator: HessianOperator, scale: torch.Tensor | None) -> UpdateCurvature:
+        u = update_direction(self.optimizer, self.params) if self.optimizer is not None else None
+        if u is None or not bool(torch.isfinite(u).all()) or not bool(u.any()):
+            return UpdateCurvature(math.nan, math.nan)
+        self.hvps_total += 1
+        return curvature_along(operator, u, scale)
