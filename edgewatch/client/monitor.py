@@ -31,7 +31,7 @@ from edgewatch.client.capture import (
     single_group,
     trainable_params,
 )
-from edgewatch.client.curvature import CurvatureSchedule
+from edgewatch.client.curvature import CurvatureSchedule, Kind
 from edgewatch.client.gradnorm import BackwardGradNorm
 from edgewatch.client.readback import Row, Value, host_value, pack
 from edgewatch.client.schedule import PlanSource
@@ -252,32 +252,24 @@ class Monitor:
             self.event("skipped_step", "GradScaler skipped the optimizer step", step=number)
         if self.curvature is not None and self.sender is not None:
             self.curvature.follow(self.sender.stability_ratio)
-        if self.curvature is not None and self.curvature.due():
-            self._measure_sharpness(number, lrs[0])
+        if self.curvature is not None:
+            kind = self.curvature.due()
+            if kind is not None:
+                self._measure(kind, number, lrs[0])
 
-    def _measure_sharpness(self, number: int, lr: float) -> None:
+    def _measure(self, kind: Kind, number: int, lr: float) -> None:
+        """One curvature measurement (or slice of one); its record when it is done."""
         assert self.curvature is not None
         started = time.perf_counter()
         try:
-            est, seconds = self.curvature.measure()
+            fields = self.curvature.measure(kind, float(lr))
         except Exception as exc:
-            self.curvature.failed(time.perf_counter() - started)
-            self._fail("sharpness", exc)
+            self.curvature.failed(kind, time.perf_counter() - started)
+            self._fail(kind, exc)
             return
-        if self.sender is not None:
+        if fields is not None and self.sender is not None:
             self._ship()  # the steps before this estimate go first
-            fields = {
-                "step": number,
-                "wall_time": time.time(),
-                "value": est.value,
-                "preconditioned": est.preconditioned,
-                "method": "lanczos",
-                "matvecs": est.matvecs,
-                "residual": est.residual,
-                "seconds": seconds,
-                "lr": float(lr),
-                "probe_batch": self.probe_batch,
-            }
+            fields |= {"step": number, "wall_time": time.time(), "probe_batch": self.probe_batch}
             self.sender.put(RecordItem(Sharpness, fields))
 
     def _send_plan(self, first_step: int) -> None:

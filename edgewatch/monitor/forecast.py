@@ -77,6 +77,12 @@ class PredictorSettings:
     """Loss over its best above which a job does not return to stable."""
     loss_smoothing: float = 0.3
     """Weight of the newest loss (and precursor value) in the short averages."""
+    direction_margin: float = math.inf
+    """Like ``margin``, for the curvature along the last update (Bai et al. 2025, arXiv
+    2506.04805), one HVP per sharpness estimate; inf: off."""
+    critical_margin: float = math.inf
+    """Like ``margin``, for the critical sharpness η·λ_c/2 = η/η_c along the last update
+    (Kalra et al. 2026, arXiv 2601.16979), forward passes only; inf: off."""
     grad_excursion: float = math.inf
     """Gradient norm over its baseline that makes the job ``approaching`` (inf: off)."""
     update_excursion: float = math.inf
@@ -136,16 +142,29 @@ class JobForecast:
         self.optimizer = dict(optimizer)
         self.total_steps = total_steps  # the plan past the run's end is not looked at
         self.adam = uses_preconditioned_sharpness(str(self.optimizer.get("kind", "")))
-        self.curvature = CurvatureForecast(
-            threshold_for(self.optimizer, 1.0),
-            margin=s.margin,
-            horizon=s.horizon,
-            sustained_window=s.sustained_window,
-            trend_window=s.trend_window,
-            max_growth=s.max_growth,
-            lookahead=s.lookahead,
-            total_steps=total_steps,
-        )
+
+        def stream(unit: float, margin: float) -> CurvatureForecast:
+            return CurvatureForecast(
+                unit,
+                margin=margin,
+                horizon=s.horizon,
+                sustained_window=s.sustained_window,
+                trend_window=s.trend_window,
+                max_growth=s.max_growth,
+                lookahead=s.lookahead,
+                total_steps=total_steps,
+            )
+
+        unit = threshold_for(self.optimizer, 1.0)
+        self.curvature = stream(unit, s.margin)  # λ_max: the forecast the API shows
+        # The two directional streams, each against its own sustained level: the
+        # curvature along the update (same threshold as λ_max), the critical sharpness
+        # (2/η: the step along the update that raises the loss).
+        self.streams = {
+            "sharpness": self.curvature,
+            "curvature along the update": stream(unit, s.direction_margin),
+            "critical sharpness": stream(2.0, s.critical_margin),
+        }
         self.loss = LossHealth(s.loss_smoothing)
 
         def excursion(threshold: float) -> Excursion:
@@ -183,18 +202,33 @@ class JobForecast:
         self._forecast(now)
         return self._judge(now)
 
-    def observe_sharpness(self, step: int, value: float, lr: float | None) -> Alert | None:
+    def observe_sharpness(
+        self, step: int, value: float, lr: float | None, along_update: float | None = None
+    ) -> Alert | None:
+        """A λ_max estimate, and the curvature along the last update measured with it."""
+        if along_update is not None:
+            self._add("curvature along the update", step, along_update, lr)
+        return self._add("sharpness", step, value, lr)
+
+    def observe_critical(self, step: int, value: float, lr: float | None) -> Alert | None:
+        """A critical sharpness λ_c = 2/η_c along the last update."""
+        return self._add("critical sharpness", step, value, lr)
+
+    def _add(self, name: str, step: int, value: float, lr: float | None) -> Alert | None:
         lr = lr if lr is not None else self.lr
-        if lr is None or not (math.isfinite(value) and value > 0):
+        stream = self.streams[name]
+        if lr is None or not (math.isfinite(value) and value > 0) or stream.margin == math.inf:
             return None
         if self.adam and step < self.settings.settle_steps:
             return None  # Adam's second moment has not settled (crossing.py)
         rising = bool(self.recent_lrs) and lr > RISING * self.recent_lrs[0]
         healthy = self.state == "stable" and self.loss.ratio < self.settings.damage
-        ratio = value * lr / self.curvature.unit
-        self.curvature.add(Estimate(step, value, ratio, teaches=healthy and not rising))
+        ratio = value * lr / stream.unit
+        stream.add(Estimate(step, value, ratio, teaches=healthy and not rising))
         now = max(step, self.step)
-        self._forecast(now)
+        stream.forecast(now, self._lr_at, self.plan)
+        if stream is self.curvature:
+            self._recommend(now)
         return self._judge(now)
 
     def observe_step(
@@ -223,11 +257,10 @@ class JobForecast:
         precursors["gradient norm"].update(grad_norm)
         precursors["update norm"].update(update_norm)
         precursors["moment ratio"].update(moment_ratio)
-        if self.curvature.estimates:
-            if self.plan is not None and self._off_plan(step, lr):
-                self._forecast(step)
-            elif self.plan is None and lr_moved(lr, self.lr_assumed):
-                self._forecast(step)  # no plan: the forecast assumes the LR stays where it is
+        if self.plan is not None and self._off_plan(step, lr):
+            self._forecast(step)
+        elif self.plan is None and lr_moved(lr, self.lr_assumed):
+            self._forecast(step)  # no plan: the forecast assumes the LR stays where it is
         return self._judge(step)
 
     def observe_event(self, step: int, kind: str) -> Alert | None:
@@ -306,9 +339,12 @@ class JobForecast:
         return self.plan.at(step) * self.lr_scale
 
     def _forecast(self, now: int) -> None:
+        """Every stream's crossing again (a new plan, or an LR off the plan)."""
         self.lr_assumed = self.lr
+        for stream in self.streams.values():
+            if stream.estimates:
+                stream.forecast(now, self._lr_at, self.plan)
         if self.curvature.estimates:
-            self.curvature.forecast(now, self._lr_at, self.plan)
             self._recommend(now)
 
     def _recommend(self, now: int) -> None:
@@ -330,15 +366,20 @@ class JobForecast:
     def _wanted(self, step: int) -> tuple[State, str]:
         """The state the evidence asks for now, and why."""
         s = self.settings
-        crossing = self.crossing
-        to_go = None if crossing is None or crossing.at is None else crossing.at - step
         loss_ratio = self.loss.ratio
         if loss_ratio >= s.loss_excursion:
             return "unstable", f"loss at {loss_ratio:.2f}× its running minimum"
-        if to_go is not None and to_go <= 0:
-            return "unstable", "the forecast crossing is now"
-        if to_go is not None and to_go <= s.horizon:
-            return "approaching", f"the forecast crossing is {to_go} steps ahead"
+        nearest: tuple[int, str] | None = None
+        for name, stream in self.streams.items():
+            crossing = stream.last
+            if crossing is not None and crossing.at is not None:
+                to_go = crossing.at - step
+                if nearest is None or to_go < nearest[0]:
+                    nearest = (to_go, name)
+        if nearest is not None and nearest[0] <= 0:
+            return "unstable", f"the {nearest[1]} forecast crosses now"
+        if nearest is not None and nearest[0] <= s.horizon:
+            return "approaching", f"the {nearest[1]} forecast crosses in {nearest[0]} steps"
         for name, precursor in self.precursors.items():
             if precursor.alarming:
                 return "approaching", f"{name} at {precursor.ratio:.2f}× its baseline"

@@ -2,6 +2,7 @@
 
 from edgewatch.schemas.codec import decode_batch, decode_reply, encode, json_schema
 from edgewatch.schemas.records import (
+    CRITICAL_METHOD,
     PROTOCOL_VERSION,
     SUPPORTED_PROTOCOLS,
     Ack,
@@ -20,6 +21,7 @@ from edgewatch.schemas.records import (
 )
 
 __all__ = [
+    "CRITICAL_METHOD",
     "PROTOCOL_VERSION",
     "SUPPORTED_PROTOCOLS",
     "Ack",

@@ -89,8 +89,14 @@ class Step(Record, frozen=True, kw_only=True, tag="step"):
     """Adam-type optimizers: the largest per-tensor RMS of g/√v̂ after the step."""
 
 
+CRITICAL_METHOD = "critical"
+"""The ``method`` of a Sharpness record that holds a critical sharpness λ_c = 2/η_c."""
+
+
 class Sharpness(Record, frozen=True, kw_only=True, tag="sharpness"):
-    """One estimate of the top Hessian eigenvalue (preconditioned for Adam-type optimizers)."""
+    """One estimate of the top Hessian eigenvalue (preconditioned for Adam-type optimizers),
+    ``method`` "lanczos"; or, ``method`` "critical", the critical sharpness λ_c = 2/η_c
+    along the last update (forward passes only; judged against 2/η)."""
 
     step: int
     wall_time: float
@@ -103,6 +109,11 @@ class Sharpness(Record, frozen=True, kw_only=True, tag="sharpness"):
     seconds: float = 0.0
     lr: float | None = None
     """LR in force at ``step`` (first group): the threshold this estimate is judged against."""
+    update_curvature: float | None = None
+    """Curvature along the optimizer's last update u: uᵀHu/(uᵀPu) for Adam-type optimizers
+    (P = √v̂ + ε), uᵀHu/‖u‖² otherwise; judged against the same threshold as ``value``."""
+    eta_max: float | None = None
+    """2·gᵀu/(uᵀHu): the step along u beyond which the local quadratic model rises."""
 
 
 class Event(Record, frozen=True, kw_only=True, tag="event"):

@@ -19,7 +19,7 @@ import msgspec
 
 from edgewatch.monitor.forecast import DEFAULT_SETTINGS, Alert, JobForecast, PredictorSettings
 from edgewatch.monitor.plan import LRPlan
-from edgewatch.schemas import AnyRecord, Event, Plan, Sharpness, Step
+from edgewatch.schemas import CRITICAL_METHOD, AnyRecord, Event, Plan, Sharpness, Step
 from edgewatch.server.rows import PLAN_EVENT
 from edgewatch.server.store import Store
 
@@ -62,8 +62,12 @@ class RunAnalysis:
         self.last_seq = record.seq
         match record:
             case Sharpness():
+                if record.method == CRITICAL_METHOD:
+                    return self.forecast.observe_critical(record.step, record.value, record.lr)
                 self.last_sharpness = record
-                return self.forecast.observe_sharpness(record.step, record.value, record.lr)
+                return self.forecast.observe_sharpness(
+                    record.step, record.value, record.lr, record.update_curvature
+                )
             case Plan():
                 plan = LRPlan(tuple(record.steps), tuple(record.lrs))
                 return self.forecast.observe_plan(record.step, plan)
@@ -114,6 +118,7 @@ STEP_FIELDS = (
 )
 SHARPNESS_FIELDS = (
     *("value", "preconditioned", "method", "matvecs", "residual", "probe_batch", "seconds", "lr"),
+    *("update_curvature", "eta_max"),
 )
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from edgewatch.errors import ConfigError, FrameRejected
 from edgewatch.schemas import (
+    CRITICAL_METHOD,
     Ack,
     Batch,
     Event,
@@ -270,7 +271,8 @@ class Ingest:
                     match record:
                         case Sharpness():
                             write.sharpness.append(rows.sharpness_row(pk, record))
-                            last_sharpness = record
+                            if record.method != CRITICAL_METHOD:  # the gauges show λ_max
+                                last_sharpness = record
                         case Event():
                             write.events.append(rows.event_row(pk, record))
                         case Plan():

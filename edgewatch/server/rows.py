@@ -113,6 +113,8 @@ def check_record(
                 and record.seconds >= 0
                 and len(record.method) <= 32
                 and (record.lr is None or 0.0 <= record.lr < INF)
+                and (record.update_curvature is None or -INF < record.update_curvature < INF)
+                and (record.eta_max is None or -INF < record.eta_max < INF)
             )
         case Event():
             ok = (
@@ -158,7 +160,8 @@ def step_row(pk: int, r: Step) -> tuple[Any, ...]:
 
 def sharpness_row(pk: int, r: Sharpness) -> tuple[Any, ...]:
     return (pk, r.run, r.seq, r.step, r.wall_time, r.value, r.preconditioned, r.method,
-            r.matvecs, r.residual, r.probe_batch, r.seconds, r.lr)  # fmt: skip
+            r.matvecs, r.residual, r.probe_batch, r.seconds, r.lr, r.update_curvature,
+            r.eta_max)  # fmt: skip
 
 
 def event_row(pk: int, r: Event) -> tuple[Any, ...]:

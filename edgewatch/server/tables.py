@@ -90,6 +90,8 @@ class SharpnessRow(_RecordKey, Base):
     probe_batch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
     lr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    update_curvature: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eta_max: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class EventRow(_RecordKey, Base):
@@ -129,7 +131,7 @@ INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
     "sharpness": (
         *KEY_COLUMNS,
         *("value", "preconditioned", "method", "matvecs", "residual", "probe_batch", "seconds"),
-        "lr",
+        *("lr", "update_curvature", "eta_max"),
     ),
     "events": (*KEY_COLUMNS, "kind", "detail"),
     "alerts": (
