@@ -99,3 +99,19 @@ def test_a_restarted_daemon_rebuilds_the_forecast_of_running_jobs(
     assert after["analysis"] == before["analysis"]
     assert after["analysis"]["state"] != "stable"  # the steps before the explosion were sent
     assert http_json(second.http_url + "/api/jobs/restarted/alerts") == alerts_before
+
+
+def test_a_finished_job_keeps_its_final_state_across_a_restart(
+    make_daemon: DaemonFactory, sqlite_url: str
+) -> None:
+    first = make_daemon(**QUADRATIC)
+    warmup_past_the_edge("ended", first.endpoint)  # diverges, then the job ends ("failed")
+    before = http_json(first.http_url + "/api/jobs/ended")
+    assert before["status"] == "failed" and before["analysis"]["state"] == "diverged"
+    first.stop()
+    second = make_daemon(sqlite_url, **QUADRATIC)
+    after = http_json(second.http_url + "/api/jobs/ended")
+    assert after["analysis"]["state"] == "diverged"
+    assert before["analysis"]["reason"] in after["analysis"]["reason"]  # the last alert's words
+    assert after["analysis"]["recommended_lr"] == before["analysis"]["recommended_lr"]
+    assert metric(second, "edgewatch_state", job_id="ended", state="diverged") == 1.0

@@ -48,6 +48,7 @@ from edgewatch.monitor.thresholds import threshold_for, uses_preconditioned_shar
 
 State = Literal["stable", "approaching", "unstable", "diverged"]
 STATES: tuple[State, ...] = ("stable", "approaching", "unstable", "diverged")
+RANK = {state: i for i, state in enumerate(STATES)}
 ALARM_STATES = frozenset({"approaching", "unstable", "diverged"})
 NONFINITE_EVENTS = {"nonfinite_loss": "loss", "nonfinite_grad_norm": "gradient norm"}
 RISING = 1.01  # an LR over 1% above its value RISING_WINDOW steps before is rising
@@ -181,6 +182,11 @@ class JobForecast:
             "update norm": excursion(s.update_excursion),
             "moment ratio": excursion(s.moment_excursion),
         }
+        # Only the precursors switched on are followed (the others cost nothing per step).
+        self._grad, self._update, self._moment = (
+            p if math.isfinite(p.threshold) else None for p in self.precursors.values()
+        )
+        self._nearest: tuple[int, str] | None = None  # the soonest crossing of any stream
         self.state: State = "stable"
         self.step = -1
         self.lr: float | None = None
@@ -227,6 +233,7 @@ class JobForecast:
         stream.add(Estimate(step, value, ratio, teaches=healthy and not rising))
         now = max(step, self.step)
         stream.forecast(now, self._lr_at, self.plan)
+        self._nearest = self._soonest_crossing()
         if stream is self.curvature:
             self._recommend(now)
         return self._judge(now)
@@ -253,10 +260,12 @@ class JobForecast:
             return self._set("diverged", step, f"non-finite {what} at step {step}")
         if loss is not None:
             self.loss.update(loss)
-        precursors = self.precursors
-        precursors["gradient norm"].update(grad_norm)
-        precursors["update norm"].update(update_norm)
-        precursors["moment ratio"].update(moment_ratio)
+        if self._grad is not None:
+            self._grad.update(grad_norm)
+        if self._update is not None:
+            self._update.update(update_norm)
+        if self._moment is not None:
+            self._moment.update(moment_ratio)
         if self.plan is not None and self._off_plan(step, lr):
             self._forecast(step)
         elif self.plan is None and lr_moved(lr, self.lr_assumed):
@@ -344,8 +353,17 @@ class JobForecast:
         for stream in self.streams.values():
             if stream.estimates:
                 stream.forecast(now, self._lr_at, self.plan)
+        self._nearest = self._soonest_crossing()
         if self.curvature.estimates:
             self._recommend(now)
+
+    def _soonest_crossing(self) -> tuple[int, str] | None:
+        crossings = [
+            (stream.last.at, name)
+            for name, stream in self.streams.items()
+            if stream.last is not None and stream.last.at is not None
+        ]
+        return min(crossings) if crossings else None
 
     def _recommend(self, now: int) -> None:
         s = self.settings
@@ -369,19 +387,18 @@ class JobForecast:
         loss_ratio = self.loss.ratio
         if loss_ratio >= s.loss_excursion:
             return "unstable", f"loss at {loss_ratio:.2f}× its running minimum"
-        nearest: tuple[int, str] | None = None
-        for name, stream in self.streams.items():
-            crossing = stream.last
-            if crossing is not None and crossing.at is not None:
-                to_go = crossing.at - step
-                if nearest is None or to_go < nearest[0]:
-                    nearest = (to_go, name)
-        if nearest is not None and nearest[0] <= 0:
-            return "unstable", f"the {nearest[1]} forecast crosses now"
-        if nearest is not None and nearest[0] <= s.horizon:
-            return "approaching", f"the {nearest[1]} forecast crosses in {nearest[0]} steps"
-        for name, precursor in self.precursors.items():
-            if precursor.alarming:
+        if self._nearest is not None:
+            at, name = self._nearest
+            if at <= step:
+                return "unstable", f"the {name} forecast crosses now"
+            if at - step <= s.horizon:
+                return "approaching", f"the {name} forecast crosses in {at - step} steps"
+        for precursor, name in (
+            (self._grad, "gradient norm"),
+            (self._update, "update norm"),
+            (self._moment, "moment ratio"),
+        ):
+            if precursor is not None and precursor.alarming:
                 return "approaching", f"{name} at {precursor.ratio:.2f}× its baseline"
         return "stable", ""
 
@@ -389,7 +406,7 @@ class JobForecast:
         if self.state == "diverged":
             return None
         wanted, why = self._wanted(step)
-        if STATES.index(wanted) > STATES.index(self.state):
+        if RANK[wanted] > RANK[self.state]:
             return self._set(wanted, step, why)
         damaged = self.state == "unstable" and self.loss.ratio >= self.settings.damage
         if wanted != "stable" or damaged:

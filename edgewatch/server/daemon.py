@@ -57,9 +57,14 @@ class Daemon:
 
     def _rebuild_analyses(self) -> None:
         """Replay the stored records of every running job, so that its forecast goes on
-        where it stopped (DESIGN.md: the analysis state is rebuilt from the database)."""
+        where it stopped (DESIGN.md: the analysis state is rebuilt from the database); a
+        finished job shows the state of its last alert."""
+        last = self.store.last_alerts()
         for state in self.jobs.snapshot():
             if state.status != "running":
+                if state.pk in last:
+                    state.end_with(last[state.pk])
+                    self.jobs.put(state)
                 continue
             analysis = rebuild(
                 self.store,

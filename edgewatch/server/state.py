@@ -140,6 +140,16 @@ class JobState:
             },
         }
 
+    def end_with(self, alert: dict[str, Any]) -> None:
+        """A finished job's analysis as its last alert left it (no replay)."""
+        self.state = alert["state"]
+        self.steps_to_instability = (
+            math.inf if alert["steps_to_instability"] is None else alert["steps_to_instability"]
+        )
+        self.recommended_lr = alert["recommended_lr"]
+        self.recommended_warmup_steps = alert["recommended_warmup_steps"]
+        self.forecast_reason = alert["reason"]
+
     def follow(self, forecast: JobForecast, changed_at: dict[str, float] | None = None) -> None:
         """Copy what the run's forecast says now."""
         if changed_at is not None:

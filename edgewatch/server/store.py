@@ -224,6 +224,24 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query.limit(limit))]
 
+    def last_alerts(self) -> dict[int, dict[str, Any]]:
+        """Each job's latest alert of its current run, by job pk: a finished job's final
+        state, which the daemon shows after a restart without replaying the job."""
+        a, j = AlertRow.__table__, JobRow.__table__
+        newest = (
+            select(a.c.job_pk, func.max(a.c.seq).label("seq"))
+            .join(j, (j.c.pk == a.c.job_pk) & (j.c.run == a.c.run))
+            .group_by(a.c.job_pk)
+            .subquery()
+        )
+        query = (
+            select(a)
+            .join(newest, (a.c.job_pk == newest.c.job_pk) & (a.c.seq == newest.c.seq))
+            .join(j, (j.c.pk == a.c.job_pk) & (j.c.run == a.c.run))
+        )
+        with self.engine.connect() as conn:
+            return {r.job_pk: dict(r._mapping) for r in conn.execute(query)}
+
     def run_records(self, job_pk: int, run: int) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every stored record of one run as (table, row), in the client's sequence order:
         what the analysis saw live, for ``replay`` and for rebuilding after a restart."""
