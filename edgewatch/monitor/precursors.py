@@ -43,6 +43,7 @@ class Excursion:
 
     def __init__(self, threshold: float, *, fast: float, slow: float, warm: int, persist: int):
         self.threshold = threshold
+        self.log_threshold = math.log(threshold)  # compared in logs: no exp per step
         self.fast, self.slow = fast, slow
         self.warm, self.persist = warm, persist
         self.seen = 0
@@ -57,10 +58,11 @@ class Excursion:
             self.short = self.base = x
         else:
             self.short = self.fast * x + (1 - self.fast) * self.short
-            if self.short - self.base < math.log(self.threshold):
+            if self.short - self.base < self.log_threshold:
                 self.base = self.slow * x + (1 - self.slow) * self.base
         self.seen += 1
-        self.over = self.over + 1 if self.ratio >= self.threshold else 0
+        over = self.seen >= self.warm and self.short - self.base >= self.log_threshold
+        self.over = self.over + 1 if over else 0
 
     @property
     def ratio(self) -> float:

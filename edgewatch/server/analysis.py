@@ -42,18 +42,19 @@ class RunAnalysis:
         self.changed_at: dict[str, float] = {}  # latest change into each state (daemon clock)
         self.last_sharpness: Sharpness | None = None  # the newest estimate, used or not
 
-    def step(self, record: Step) -> Alert | None:
-        if record.seq <= self.last_seq:
-            return None  # a resent record: the forecast has seen it
-        self.last_seq = record.seq
-        return self.forecast.observe_step(
-            record.step,
-            record.lr,
-            record.loss,
-            record.grad_norm,
-            record.update_norm,
-            record.moment_ratio,
-        )
+    def steps(self, records: list[Step]) -> list[tuple[Alert, float]]:
+        """Step records in sequence order, fed as one block (``monitor/batch.py``); the
+        alerts raised, each with the wall time of the step that raised it."""
+        if records and records[0].seq <= self.last_seq:
+            records = [r for r in records if r.seq > self.last_seq]  # resent: seen already
+        if not records:
+            return []
+        self.last_seq = records[-1].seq
+        alerts = self.forecast.observe_steps(records)
+        if not alerts:
+            return []
+        wall = {r.step: r.wall_time for r in records}
+        return [(a, wall.get(a.step, records[-1].wall_time)) for a in alerts]
 
     def record(self, record: AnyRecord) -> Alert | None:
         """Any record but a step, as it came off the wire (or back from the database)."""
@@ -76,9 +77,10 @@ class RunAnalysis:
         return None
 
     def feed(self, record: AnyRecord) -> Alert | None:
-        """Any record: steps to ``step`` (the ingest path calls it directly, per step)."""
+        """Any one record (replay of a trace)."""
         if isinstance(record, Step):
-            return self.step(record)
+            raised = self.steps([record])
+            return raised[0][0] if raised else None
         return self.record(record)
 
     def alert_row(self, alert: Alert, wall_time: float) -> tuple[Any, ...]:
@@ -103,12 +105,24 @@ class RunAnalysis:
 
     def feed_rows(self, rows: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[Any, ...]]:
         """Feed stored records (``Store.run_records``); returns the alert rows raised."""
-        raised = []
+        raised: list[tuple[Any, ...]] = []
+        block: list[Step] = []  # consecutive steps go in blocks, as the ingest feeds them
+
+        def flush() -> None:
+            raised.extend(self.alert_row(alert, wall) for alert, wall in self.steps(block))
+            block.clear()
+
         for table, row in rows:
             # SQLite keeps a NaN as NULL; the nonfinite_loss event after it says so.
-            alert = self.feed(record_from_row("", table, row))
+            record = record_from_row("", table, row)
+            if isinstance(record, Step):
+                block.append(record)
+                continue
+            flush()
+            alert = self.record(record)
             if alert is not None:
                 raised.append(self.alert_row(alert, row["wall_time"]))
+        flush()
         return raised
 
 

@@ -243,9 +243,16 @@ class Ingest:
         last_step: Step | None = None
         last_sharpness: Sharpness | None = None
         first_wall = last_wall = None
+        block: list[Step] = []  # steps for the forecast, fed in blocks (monitor/batch.py)
+
+        def analyse_block() -> None:
+            if analysis is not None and block:
+                for alert, wall in analysis.steps(block):
+                    write.alerts.append(analysis.alert_row(alert, wall))
+            block.clear()
+
         for record in batch.records:
-            # Steps are nearly every record: one type test, one check, one tuple, and the
-            # forecast's per-step update (a few comparisons unless the state changes).
+            # Steps are nearly every record: one type test, one check, one tuple.
             if type(record) is Step:
                 reason = rows.check_step(record, job, run)
                 if reason is None and state is not None:
@@ -254,11 +261,10 @@ class Ingest:
                     last_wall = record.wall_time
                     first_wall = first_wall or last_wall
                     if analysis is not None and record.run == analysis.run:
-                        alert = analysis.step(record)
-                        if alert is not None:
-                            write.alerts.append(analysis.alert_row(alert, last_wall))
+                        block.append(record)
                     continue
             else:
+                analyse_block()  # the steps before this record, first
                 reason = rows.check_record(record, job, run)
                 if reason is None and isinstance(record, JobStart):
                     state = self._start_job(record)
@@ -285,6 +291,7 @@ class Ingest:
                             write.alerts.append(analysis.alert_row(alert, last_wall))
                     continue
             rejected[reason or "unknown_job"] += 1  # a client must send its JobStart first
+        analyse_block()
         if state is None and rejected.get("unknown_job"):
             # The whole frame is of a job this daemon has no start for (its database was
             # replaced, or the start is still on its way). Refuse it as a frame: the client
