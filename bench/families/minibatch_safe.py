@@ -1,13 +1,21 @@
 """minibatch_safe: minibatch training at LRs a practitioner would pick, on several
 models: the fleet's healthy majority, where every alarm is a false one.
 
-- mlp: a ReLU MLP 64-128-128-10 on 1536 digits, cross-entropy, batch 32 or 128, with
-  SGD (momentum 0.9), Adam or AdamW at ordinary LRs, constant or cosine;
-- cnn: digits_cnn's CNN with Adam or Nesterov SGD at ordinary LRs;
-- rnn: char_rnn's GRU with Adam 1e-3 (a short run: it is an expensive one).
+- mlp: a ReLU MLP 64-128-128-10 on 1536 digits, cross-entropy, batch 32 to 128, with
+  SGD (momentum 0.9, heavy-ball or Nesterov), Adam or AdamW at ordinary LRs, constant
+  or cosine;
+- cnn: digits_cnn's CNN (no weight decay) with Adam, AdamW, SGD or Nesterov SGD;
+- rnn: char_rnn's GRU with Adam 1e-3 (one seed: it is an expensive one).
 
-Probe (sharpness): a fixed training batch. Labels: the loss on held-out data (the 261
-last digits; the held-out windows of the corpus).
+Probe (sharpness): 64 fixed training images (the GRU: char_rnn's). Labels: the loss on
+130 held-out digits (char_rnn's held-out windows).
+
+This family has no failing runs by design: left out, it measures false alarms alone.
+With 66 held-out images instead of 130, label noise made two MAJOR events and one 2×
+drift in 21 runs, which is why the digits labels use 130.
+
+Calibration (2026-11-29, 2 cores AMD EPYC, `.venv/bin/python bench/calibrate.py --seeds 0 1`):
+21 runs, 10700 steps, 38 s: 21 event-free.
 """
 
 from __future__ import annotations
@@ -72,7 +80,7 @@ def build(spec: RunSpec) -> Setup:
             nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
         )
     x, y = images[:TRAIN], labels[:TRAIN]
-    held_x, held_y = images[TRAIN::4], labels[TRAIN::4]
+    held_x, held_y = images[TRAIN::2], labels[TRAIN::2]
     lr, name = float(spec.get("lr")), spec.get("optimizer")
     optimizer: torch.optim.Optimizer
     if name == "adam":
