@@ -4,7 +4,7 @@ Each family is a module exposing ``NAME``, ``grid(seeds) -> list[RunSpec]`` and
 ``build(spec) -> Setup``; its docstring says what it is for and what its grid produced
 in the last calibration (``bench/calibrate.py``). The expensive families (char_gpt,
 char_rnn) use the first seed only. With seeds 0 and 1 (2026-11-29): 101 runs, 59 of
-them event-free (58%), 37 MAJOR and 25 DIVERGENCE events, 570 s on 2 cores.
+them event-free (58%), 36 MAJOR and 25 DIVERGENCE events, 603 s on 2 cores.
 
 - digits_mlp: the v1 zoo's tanh MLP, GD / Adam / minibatch SGD, EoS and LR plans;
 - char_gpt: a character-level GPT with AdamW, clipping on and off, up to Adam's spikes;

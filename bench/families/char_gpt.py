@@ -21,8 +21,9 @@ does. LR jumps ×30 and ×100 (at step 200 or 300, no clipping) left the loss 1.
 above its best to the end of the run, unscored by the labels; such runs are not in the
 grid (the ×10 jump in it ends 1.12× above).
 
-Calibration (2026-11-29, 2 cores AMD EPYC, `.venv/bin/python bench/calibrate.py --seeds 0 1`):
-12 runs (seed 0 only: the GPT is most of the benchmark's time), 4795 steps, 347 s:
+Calibration (2026-11-29, 2 cores AMD EPYC, client of main 9ff78cc,
+`.venv/bin/python bench/calibrate.py --seeds 0 1`):
+12 runs (seed 0 only: the GPT is most of the benchmark's time), 4795 steps, 333 s:
 7 event-free; lr 0.4 (warmup 100): MAJOR at 94 (end of warmup), 272 and 505 (constant
 LR); lr 0.3 β2 0.999: MAJOR at 127 (constant LR); DIVERGENCE at 1 (lr 1), 80 (warmup
 to 1), 201 (jump ×300).

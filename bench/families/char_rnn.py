@@ -10,8 +10,9 @@ trains (worse), at 0.2-0.3 the loss creeps up 1.8-2.7× and stays (unscored, lef
 out), at 1 and beyond it diverges; no LR here gave a recovering ≥ 2× spike, so this
 family has divergences and no MAJOR events.
 
-Calibration (2026-11-29, 2 cores AMD EPYC, `.venv/bin/python bench/calibrate.py --seeds 0 1`):
-8 runs (seed 0 only), 2243 steps, 71 s: 5 event-free (LR 1e-3 to 0.1); DIVERGENCE at 1
+Calibration (2026-11-29, 2 cores AMD EPYC, client of main 9ff78cc,
+`.venv/bin/python bench/calibrate.py --seeds 0 1`):
+8 runs (seed 0 only), 2243 steps, 74 s: 5 event-free (LR 1e-3 to 0.1); DIVERGENCE at 1
 (lr 1), 151 (jump ×300 at 150), 22 (warmup to 3 over 150 steps).
 """
 

@@ -15,8 +15,9 @@ doubles it (86 MAJOR events in 24 runs, healthy ones included). Why weight decay
 images: with 66 images and no decay, a lucky early minimum and the slow rise of an
 overfitting net left 5 of 20 runs 2× above their best at the end (unscored).
 
-Calibration (2026-11-29, 2 cores AMD EPYC, `.venv/bin/python bench/calibrate.py --seeds 0 1`):
-20 runs (14 configs on seed 0, 6 of them again on seed 1), 7508 steps, 66 s: 9
+Calibration (2026-11-29, 2 cores AMD EPYC, client of main 9ff78cc,
+`.venv/bin/python bench/calibrate.py --seeds 0 1`):
+20 runs (14 configs on seed 0, 6 of them again on seed 1), 7508 steps, 89 s: 9
 event-free; MAJOR in 7 runs (heavy-ball at LR 0.1 on both seeds, at 0.3 on seed 1 and at
 1; Nesterov + cosine at 0.1, and at 1 on both seeds); DIVERGENCE at 1 (LR 10), 186
 (LR 1), and at 201-208 (jumps ×30 and ×300).

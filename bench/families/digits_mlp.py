@@ -11,14 +11,17 @@ What it is for: the classic edge-of-stability dynamics and LR-plan failures.
 - gd_warmup: linear warmup to x = 3 over W steps;
 - adam: full-batch Adam at a fixed LR, with or without a 100-step warmup;
 - sgd_mini: minibatch SGD (batch 64) at x, or x = 0.5 jumping ×4.
-Trimmed from v1's 31 configs to 20 (gd x ∈ 0.3-5, three jumps, two warmups, four Adam,
-four minibatch), with more of the healthy ones.
+The GD LRs follow ``find_lr``'s estimate of λ₀: when its Lanczos changes, the runs
+shift (a main-branch change moved five seed-1 onsets by 1-2 steps). Trimmed from v1's 31
+configs to 20 (gd x ∈ 0.3-5, three jumps, two warmups, four Adam, four minibatch), with
+more of the healthy ones.
 
-Calibration (2026-11-29, 2 cores AMD EPYC, `.venv/bin/python bench/calibrate.py --seeds 0 1`):
-40 runs (20 configs × seeds 0, 1), 17575 steps, 25 s: 17 event-free; 18 MAJOR (GD x 0.8
-on seed 0, the ×2 jump, the slow warmup, Adam 1e-2 and 0.1, minibatch x 3 at step 1)
-and 14 DIVERGENCE (x 2.5
-and 5, jumps ×4 and ×8, the fast warmup, minibatch x 3 and its ×4 jump).
+Calibration (2026-11-29, 2 cores AMD EPYC, client of main 9ff78cc,
+`.venv/bin/python bench/calibrate.py --seeds 0 1`):
+40 runs (20 configs × seeds 0, 1), 17579 steps, 28 s: 17 event-free; 17 MAJOR (GD x 0.8
+on seed 0, the ×2 jump, the slow warmup, Adam 1e-2 and 0.1, minibatch x 3 at step 1 on
+seed 0) and 14 DIVERGENCE (x 2.5 and 5, jumps ×4 and ×8, the fast warmup, minibatch
+x 3 and its ×4 jump).
 """
 
 from __future__ import annotations

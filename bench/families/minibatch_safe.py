@@ -14,8 +14,9 @@ This family has no failing runs by design: left out, it measures false alarms al
 With 66 held-out images instead of 130, label noise made two MAJOR events and one 2×
 drift in 21 runs, which is why the digits labels use 130.
 
-Calibration (2026-11-29, 2 cores AMD EPYC, `.venv/bin/python bench/calibrate.py --seeds 0 1`):
-21 runs, 10700 steps, 38 s: 21 event-free.
+Calibration (2026-11-29, 2 cores AMD EPYC, client of main 9ff78cc,
+`.venv/bin/python bench/calibrate.py --seeds 0 1`):
+21 runs, 10700 steps, 58 s: 21 event-free.
 """
 
 from __future__ import annotations
