@@ -69,6 +69,7 @@ def run(
     budgets: Sequence[float] = (0.02, 0.2),
     lr_override: LROverride | None = None,
     job_suffix: str = "",
+    on_step: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Train ``spec`` once with a monitor per budget (none when ``budgets`` is empty,
     e.g. to calibrate labels without a daemon).
@@ -76,6 +77,8 @@ def run(
     ``lr_override(step, planned_lr) -> lr`` replaces the plan (interventions); it is
     called through the scheduler, so edgewatch's look-ahead calls it for future steps
     too: it must be a function of its arguments (and of state fixed before the step).
+    ``on_step(step)`` runs before each step: where such state may change (an
+    intervention that asks the daemon whether the job is stable again).
     """
     torch.set_num_threads(1)  # the daemon has the other core
     setup = build(spec)
@@ -119,6 +122,8 @@ def run(
         started = time.monotonic()
         first, best, high = None, math.inf, 0
         for step in range(spec.steps):
+            if on_step is not None:
+                on_step(step)
             t0 = time.monotonic()
             label = setup.label_loss()
             label_time[0] += time.monotonic() - t0

@@ -12,7 +12,6 @@ left-out scores over every F: no figure is reported on runs its settings were tu
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -47,7 +46,9 @@ class Case:
 
 def load_case(store: Store, family: str, job: str, label_loss: list[float], steps: int) -> Case:
     row = next(j for j in store.jobs() if j["job_id"] == job)
-    records = [record_from_row(job, table, r) for table, r in store.run_records(row["pk"], row["run"])]
+    records = [
+        record_from_row(job, table, r) for table, r in store.run_records(row["pk"], row["run"])
+    ]
     n = len(label_loss)
     loss, grad = [math.nan] * n, [math.nan] * n
     for r in records:
@@ -55,8 +56,18 @@ def load_case(store: Store, family: str, job: str, label_loss: list[float], step
             loss[r.step] = math.nan if r.loss is None else r.loss  # type: ignore[attr-defined]
             grad[r.step] = math.nan if r.grad_norm is None else r.grad_norm  # type: ignore[attr-defined]
     live = [(a["step"], a["state"]) for a in store.alerts(row["pk"]) if a["run"] == row["run"]]
-    return Case(family, job, label_loss, dict(row["optimizer"] or {}), steps, row["run"],
-                records, loss, grad, live)  # fmt: skip
+    return Case(
+        family,
+        job,
+        label_loss,
+        dict(row["optimizer"] or {}),
+        steps,
+        row["run"],
+        records,
+        loss,
+        grad,
+        live,
+    )
 
 
 def replay(case: Case, settings: PredictorSettings) -> list[Alert]:
@@ -84,25 +95,36 @@ def score(case: Case, settings: PredictorSettings) -> tuple[RunScore, list[tuple
     return score_run(case.label_loss, alarmed_steps(alerts, n)), alerts
 
 
-def grid_settings(grid: Mapping[str, Sequence[Any]]) -> list[PredictorSettings]:
-    return [
-        dataclasses.replace(DEFAULT_SETTINGS, **dict(zip(grid, values, strict=True)))
-        for values in itertools.product(*grid.values())
-    ]
-
-
 def _score_all(args: tuple[list[Case], PredictorSettings]) -> list[RunScore]:
     cases, settings = args
     return [score(c, settings)[0] for c in cases]
 
 
-def score_grid(cases: list[Case], grid: list[PredictorSettings]) -> list[list[RunScore]]:
-    """scores[g][i]: grid point g on case i (two worker processes: the machine's cores)."""
-    with ProcessPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(_score_all, [(cases, s) for s in grid], chunksize=4))
+class Scorer:
+    """Per-case scores of any settings, each computed once (two worker processes: the
+    machine's two cores) and kept: the folds of leave-one-family-out and the ablation
+    visit many of the same points."""
+
+    def __init__(self, cases: list[Case]) -> None:
+        self.cases = cases
+        self.cache: dict[PredictorSettings, list[RunScore]] = {}
+        self.pool = ProcessPoolExecutor(max_workers=2)
+
+    def many(self, points: list[PredictorSettings]) -> list[list[RunScore]]:
+        todo = [p for p in dict.fromkeys(points) if p not in self.cache]
+        half = len(self.cases) // 2
+        parts = [(self.cases[:half], p) for p in todo] + [(self.cases[half:], p) for p in todo]
+        done = list(self.pool.map(_score_all, parts))
+        for k, p in enumerate(todo):
+            self.cache[p] = done[k] + done[k + len(todo)]
+        return [self.cache[p] for p in points]
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
 
 def feasible_key(summary: Summary) -> tuple[bool, float, float]:
+    """Within the false-alarm targets first; then Recall@5, then the median lead."""
     ok = (
         summary.false_per_1000 <= MAX_FALSE_PER_1000
         and summary.event_free_alarmed <= MAX_EVENT_FREE_ALARMED
@@ -110,33 +132,53 @@ def feasible_key(summary: Summary) -> tuple[bool, float, float]:
     return (ok, summary.recall[5] if ok else -summary.false_per_1000, summary.median_lead)
 
 
-def choose(scores: list[list[RunScore]], chosen_cases: list[int]) -> int:
-    """The grid point with the best key on the given cases."""
-    best = max(
-        range(len(scores)),
-        key=lambda g: feasible_key(summarize([scores[g][i] for i in chosen_cases])),
-    )
-    return best
+def tune(
+    scorer: Scorer,
+    inside: list[int],
+    grid: Mapping[str, Sequence[Any]],
+    fixed: Mapping[str, Any] | None = None,
+    rounds: int = 2,
+) -> tuple[PredictorSettings, Summary]:
+    """Coordinate search over ``grid`` on the cases ``inside``: each knob in turn set to
+    its best value with the others held, ``rounds`` times; ``fixed`` knobs never move."""
+    fixed = dict(fixed or {})
+    current = dataclasses.replace(DEFAULT_SETTINGS, **fixed)
+    for name, values in grid.items():  # start from each knob's first value
+        if name not in fixed:
+            current = dataclasses.replace(current, **{name: values[0]})
+
+    def key(scores: list[RunScore]) -> tuple[bool, float, float]:
+        return feasible_key(summarize([scores[i] for i in inside]))
+
+    for _ in range(rounds):
+        for name, values in grid.items():
+            if name in fixed:
+                continue
+            points = [dataclasses.replace(current, **{name: v}) for v in values]
+            scored_points = scorer.many(points)
+            current = max(zip(points, scored_points, strict=True), key=lambda p: key(p[1]))[0]
+    best = scorer.many([current])[0]
+    return current, summarize([best[i] for i in inside])
 
 
 @dataclasses.dataclass
 class LeftOut:
     family: str
     settings: PredictorSettings
-    tuned_on: Summary  # the chosen point on the other families
+    tuned_on: Summary  # the chosen settings on the other families
     scores: list[RunScore]  # the left-out family's runs, scored with those settings
 
 
 def leave_one_family_out(
-    cases: list[Case], grid: list[PredictorSettings], scores: list[list[RunScore]]
+    scorer: Scorer, grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any] | None = None
 ) -> list[LeftOut]:
+    """For each family: settings tuned on the other families, scored on it."""
+    cases = scorer.cases
     out = []
     for family in dict.fromkeys(c.family for c in cases):
         inside = [i for i, c in enumerate(cases) if c.family != family]
         held = [i for i, c in enumerate(cases) if c.family == family]
-        g = choose(scores, inside)
-        out.append(
-            LeftOut(family, grid[g], summarize([scores[g][i] for i in inside]),
-                    [scores[g][i] for i in held])  # fmt: skip
-        )
+        settings, tuned_on = tune(scorer, inside, grid, fixed)
+        scores = scorer.many([settings])[0]
+        out.append(LeftOut(family, settings, tuned_on, [scores[i] for i in held]))
     return out

@@ -74,6 +74,7 @@ class RunScore:
 
     leads: list[int | None]  # per scored event: lead, or None when missed
     kinds: list[str]
+    onsets: list[int]
     false_episodes: int
     clean_steps: int  # steps outside every window (the false-alarm denominator)
     any_alarm: bool
@@ -101,6 +102,7 @@ def score_run(loss: Sequence[float], alarmed: Sequence[bool]) -> RunScore:
     return RunScore(
         leads=leads,
         kinds=[e.kind for e in scored(events)],
+        onsets=[e.onset for e in scored(events) if e.onset is not None],
         false_episodes=sum(1 for t in starts if not window[t]),
         clean_steps=sum(1 for w in window if not w),
         any_alarm=any(alarmed[:n]),
@@ -131,12 +133,18 @@ HEADER = (
 )
 
 
-def summarize(scores: list[RunScore], kinds: set[str] | None = None) -> Summary:
+INIT = 10  # events with their onset at or before this step are "init events": no history
+
+
+def summarize(
+    scores: list[RunScore], kinds: set[str] | None = None, after: int | None = None
+) -> Summary:
+    """Pooled figures; ``kinds`` and ``after`` (onset later than this step) select events."""
     leads = [
         lead
         for s in scores
-        for lead, kind in zip(s.leads, s.kinds, strict=True)
-        if kinds is None or kind in kinds
+        for lead, kind, onset in zip(s.leads, s.kinds, s.onsets, strict=True)
+        if (kinds is None or kind in kinds) and (after is None or onset > after)
     ]
     caught = [lead for lead in leads if lead is not None]
     normal = [s for s in scores if not s.diverged]

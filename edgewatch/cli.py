@@ -23,6 +23,8 @@ from typing import Any
 
 from edgewatch._version import __version__
 from edgewatch.errors import ApiError, ConfigError
+from edgewatch.monitor.forecast import DEFAULT_SETTINGS
+from edgewatch.server.config import TUNED
 
 DEFAULT_SERVER = "http://127.0.0.1:9108"
 
@@ -179,11 +181,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from edgewatch.server.replay import export_trace, replay_stored, replay_trace
     from edgewatch.server.store import Store
 
-    changes = {
-        name: getattr(args, name)
-        for name in ("horizon", "margin", "loss_excursion")
-        if getattr(args, name) is not None
-    }
+    changes = {name: getattr(args, name) for name in TUNED if getattr(args, name) is not None}
     settings = dataclasses.replace(DEFAULT_SETTINGS, **changes)
     if args.trace:
         result = replay_trace(Path(args.trace), settings)
@@ -260,9 +258,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "commit_interval",
             "job_expiry",
             "max_frame_bytes",
-            "forecast_margin",
-            "forecast_horizon",
-            "forecast_loss_excursion",
+            *(f"forecast_{name}" for name in TUNED),
             "curve_secret_key",
             "curve_clients",
             "allow_plaintext",
@@ -303,13 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-frame-bytes", type=int, help="largest frame accepted")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
-    serve.add_argument(
-        "--forecast-margin", type=float, help="alarm ratio over max(1, sustained level) (2.5)"
-    )
-    serve.add_argument("--forecast-horizon", type=int, help="steps ahead that alarm (100)")
-    serve.add_argument(
-        "--forecast-loss-excursion", type=float, help="loss / running minimum that is unstable"
-    )
+    for name, words in TUNED.items():  # the predictor's knobs (monitor/forecast.py)
+        default = getattr(DEFAULT_SETTINGS, name)
+        serve.add_argument(
+            f"--forecast-{name.replace('_', '-')}",
+            type=type(default),
+            help=f"{words}; default {default}",
+        )
     serve.add_argument("--curve-secret-key", help="the daemon's NAME.key_secret: CURVE on")
     serve.add_argument("--curve-clients", help="folder of allowed clients' NAME.key files")
     serve.add_argument(
@@ -345,13 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--db", help="database URL (default: as `serve`, sqlite:///edgewatch.db)")
     replay.add_argument("--trace", help="a JSON-lines trace of wire records instead of a job")
     replay.add_argument("--export", help="also write the job's latest run as a trace here")
-    replay.add_argument("--horizon", type=int, help="forecast horizon in steps (100)")
-    replay.add_argument(
-        "--margin", type=float, help="alarm ratio over max(1, sustained level) (2.5)"
-    )
-    replay.add_argument(
-        "--loss-excursion", type=float, help="loss over its running minimum that is unstable"
-    )
+    for name, words in TUNED.items():
+        default = getattr(DEFAULT_SETTINGS, name)
+        replay.add_argument(
+            f"--{name.replace('_', '-')}", type=type(default), help=f"{words}; default {default}"
+        )
     replay.add_argument("--json", action="store_true", help="print JSON instead of a table")
     replay.set_defaults(func=cmd_replay)
 

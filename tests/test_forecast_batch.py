@@ -75,7 +75,8 @@ def _feed(
 
 def _state(f: JobForecast) -> tuple[object, ...]:
     p = [(e.short, e.base, e.seen, e.over) for e in f.precursors.values()]
-    return (f.state, f.step, f.lr, f.quiet, f.loss.average, f.loss.floor, tuple(p),
+    h = f.loss
+    return (f.state, f.step, f.lr, f.quiet, h.short, h.mean, h.spread, h.last, h.floor, tuple(p),
             tuple(f.recent_lrs), f.nearest, f.recommendation)  # fmt: skip
 
 

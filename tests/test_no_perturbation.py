@@ -46,7 +46,13 @@ def _run(endpoint: str | None) -> dict[str, Any]:
     mon = None
     if endpoint is not None:
         mon = edgewatch.attach(
-            optimizer, model=model, job="same-run", endpoint=endpoint, probe=probe, budget=0.5
+            optimizer,
+            model=model,
+            job="same-run",
+            endpoint=endpoint,
+            probe=probe,
+            budget=0.5,
+            critical_sharpness=True,  # its line search must leave no trace either
         )
     losses = []
     for _ in range(STEPS):
@@ -102,7 +108,13 @@ def test_no_step_waits_for_more_than_one_slice_of_curvature_work(daemon: Daemon)
         return torch.nn.functional.mse_loss(model(x), y)
 
     with edgewatch.attach(
-        optimizer, model=model, job="sliced", endpoint=daemon.endpoint, probe=probe, budget=0.5
+        optimizer,
+        model=model,
+        job="sliced",
+        endpoint=daemon.endpoint,
+        probe=probe,
+        budget=0.5,
+        critical_sharpness=True,
     ) as mon:
         assert mon.curvature is not None
         tracker = mon.curvature.tracker

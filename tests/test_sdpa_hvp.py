@@ -47,11 +47,16 @@ def shifted(model: torch.nn.Module, v: torch.Tensor, eps: float) -> None:
             p.add_(eps * chunk.view_as(p))
 
 
-def test_the_default_cpu_attention_kernel_has_no_double_backward() -> None:
-    # Why hvp.py selects the math kernel: without it, the second backward fails.
+def test_the_fused_cpu_attention_kernel_has_no_double_backward() -> None:
+    # Why hvp.py selects the math kernel: with the fused kernel (torch's default on the
+    # CPU; selected here explicitly, as other code may have changed the default), the
+    # second backward fails.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     q = torch.randn(1, 2, 5, 4, requires_grad=True)
-    loss = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum()
-    (grad,) = torch.autograd.grad(loss, q, create_graph=True)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        loss = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum()
+        (grad,) = torch.autograd.grad(loss, q, create_graph=True)
     with pytest.raises(RuntimeError, match="not implemented"):
         torch.autograd.grad(grad, q, grad_outputs=torch.ones_like(grad))
 

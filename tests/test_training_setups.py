@@ -81,9 +81,13 @@ def _ddp_rank(rank: int, world: int, port: int, endpoint: str, out: str) -> None
             optimizer.step()
             mon.step(loss)
             optimizer.zero_grad()
+    # λ_max estimates, and the critical-sharpness searches that found a step (each a record)
     estimates = mon.curvature.estimates if mon.curvature else 0
+    sent = 0
+    if mon.curvature is not None:
+        sent = estimates + mon.curvature.critical_found
     Path(out, f"rank{rank}.json").write_text(
-        json.dumps({"norms": norms, "enabled": mon.enabled, "estimates": estimates})
+        json.dumps({"norms": norms, "enabled": mon.enabled, "estimates": estimates, "sent": sent})
     )
     dist.destroy_process_group()
 
@@ -99,7 +103,7 @@ def test_under_ddp_only_rank_zero_reports_the_global_gradient_norm(
     job = daemon.jobs.get("ddp")
     assert job is not None and job.world_size == 2
     assert ranks[0]["estimates"] >= 1 and ranks[1]["estimates"] == 0  # curvature on rank 0 only
-    assert job.records == STEPS + ranks[0]["estimates"]  # steps and sharpness estimates
+    assert job.records == STEPS + ranks[0]["sent"]  # steps and curvature records
     assert job.sharpness is not None and job.sharpness > 0
     stored = [s["grad_norm"] for s in daemon.store.steps(job.pk)]
     assert stored == pytest.approx(ranks[0]["norms"], rel=1e-5)

@@ -19,8 +19,12 @@ and when the time since the last one, times that share, covers the cost (estimat
 spread out, not bunched after a gap). The share is split ``CRITICAL_SHARE`` to the
 critical sharpness and the rest to λ_max; the expected cost is a running mean. Slices of
 an estimate in progress always run (they are charged). The first λ_max estimate starts
-at the first step (the sharpness at initialisation says whether the LR plan is safe)
-and is not charged (``charge``). ``urgency`` raises the share near the edge.
+at the first step (the sharpness at initialisation says whether the LR plan is safe);
+it is charged like the others, so on a short run it uses the budget of many steps and
+the next estimate waits for the budget to catch up (a cold estimate costs about four
+warm ones). Near the edge
+(``urgency``) the spreading is relaxed fourfold, so savings are spent sooner; the share
+itself is a ceiling (measured in ``make bench-predict``: the share spent, per run).
 
 Where it runs: on the training thread, right after ``mon.step``, in whatever mode the
 model is in; the global RNG states, buffers and ``.grad`` are left as they were
@@ -45,7 +49,11 @@ from edgewatch.schemas import CRITICAL_METHOD
 
 Kind = Literal["sharpness", "critical"]
 WARM_SHARE = 0.25  # a warm estimate needs ~1/4 of the cold first one (bench/RESULTS.md)
-CRITICAL_SHARE = 0.3  # of the curvature budget, for the forward-only critical sharpness
+# Share of the curvature budget for the forward-only critical sharpness, when it is asked
+# for (``critical=True``): off by default, as it added nothing to the predictor on runs
+# it was not tuned on (bench/RESULTS.md, "What each signal adds"), and it costs a share
+# of the budget the λ_max estimates would have had.
+CRITICAL_SHARE = 0.3
 CRITICAL_FORWARDS = 5  # probe forwards per critical-sharpness search
 RETRY_STEPS = 50  # after a failed attempt, wait RETRY_STEPS / budget steps
 NEAR_EDGE = 0.8  # stability ratio from which curvature is measured more often
@@ -63,9 +71,9 @@ class _Pace:
         self.count = 0
 
     def allows(self, now: float, elapsed: float, urgency: float) -> bool:
-        share = self.share * urgency
-        paced = (now - self.last_end) * share >= self.mean_cost
-        return paced and self.spent + self.mean_cost <= share * elapsed
+        # Urgency spends what was saved sooner; the share itself is never exceeded.
+        paced = (now - self.last_end) * self.share * urgency >= self.mean_cost
+        return paced and self.spent + self.mean_cost <= self.share * elapsed
 
     def charge(self, seconds: float, now: float) -> None:
         self.spent += seconds
@@ -86,7 +94,7 @@ class CurvatureSchedule:
         budget: float,
         *,
         hvps_per_step: int = 2,
-        critical: bool = True,
+        critical: bool = False,
     ) -> None:
         self.target = target
         self.params = flat_params(target)
@@ -104,12 +112,13 @@ class CurvatureSchedule:
             "sharpness": _Pace(budget * (1 - critical_share), self.started),
             "critical": _Pace(budget * critical_share, self.started),
         }
-        self.first_cost = 0.0  # the first λ_max estimate, outside the budget
+        self.first_cost = 0.0  # of the first λ_max estimate (cold, so dearer than the rest)
         self.largest_cost = 0.0  # the dearest single measurement after the first
         self._estimate_seconds = 0.0  # of the λ_max estimate in progress, all its slices
         self.steps = 0  # training steps seen (due() is asked once per step)
         self.attempts = 0  # slices and searches started
         self.estimates = 0  # λ_max estimates finished
+        self.critical_found = 0  # critical-sharpness searches that found a step (each sent)
         self.failures = 0
 
     @property
@@ -119,8 +128,8 @@ class CurvatureSchedule:
 
     @property
     def seconds_total(self) -> float:
-        """Seconds spent on curvature work so far, the first estimate included."""
-        return self.spent + self.first_cost
+        """Seconds spent on curvature work so far."""
+        return self.spent
 
     def due(self) -> Kind | None:
         """What to measure at this step, if anything (asked once per step)."""
@@ -137,7 +146,7 @@ class CurvatureSchedule:
         return None
 
     def follow(self, stability_ratio: float | None) -> None:
-        """Measure URGENT times as often while the daemon sees the job near the edge."""
+        """Near the edge, as the daemon sees it, spend the unspent share URGENT times sooner."""
         near = stability_ratio is not None and stability_ratio >= NEAR_EDGE
         self.urgency = URGENT if near else 1.0
 
@@ -150,17 +159,14 @@ class CurvatureSchedule:
         est = self.tracker.advance()
         seconds = time.perf_counter() - start
         self._estimate_seconds += seconds
-        if first:
-            self.first_cost += seconds
-        else:
-            self.paces["sharpness"].charge(seconds, self.clock())
+        self.paces["sharpness"].charge(seconds, self.clock())  # the first one too
         if est is None:
             return None, seconds
         self.estimates += 1
         total, self._estimate_seconds = self._estimate_seconds, 0.0
         if first:  # what the next, warm-started one may cost
+            self.first_cost = total
             self.paces["sharpness"].mean_cost = WARM_SHARE * total
-            self.paces["sharpness"].last_end = self.clock()
         else:
             self.paces["sharpness"].finished(total)
             self.largest_cost = max(self.largest_cost, total)
@@ -189,6 +195,7 @@ class CurvatureSchedule:
             found, seconds = self.critical(lr)
             if found is None or not math.isfinite(found.lambda_c):
                 return None  # no update yet, or no rise within the search: nothing to say
+            self.critical_found += 1
             return {
                 "value": found.lambda_c,
                 "method": CRITICAL_METHOD,

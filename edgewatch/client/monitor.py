@@ -88,6 +88,9 @@ class Monitor:
     - ``step_signals`` (True): after each optimizer step, the update norm and, for Adam-type
       optimizers, the gradient over Adam's second-moment estimate (``client/signals.py``),
       from the optimizer's state, without a sync.
+    - ``critical_sharpness`` (False): also spend 30% of the curvature budget on the
+      forward-only critical sharpness along the last update (``client/curvature.py``);
+      off by default: on the instability benchmark it added nothing to the forecast.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class Monitor:
         grad_scaler: Any = None,
         hook_grad_norm: bool = True,
         step_signals: bool = True,
+        critical_sharpness: bool = False,
         server_key: str | None = None,
         client_key: str | None = None,
         spool_dir: str | None = None,
@@ -160,7 +164,9 @@ class Monitor:
                 target = model.module
             elif model is not None:
                 target = model
-            self.curvature = CurvatureSchedule(target, optimizer, probe, budget)
+            self.curvature = CurvatureSchedule(
+                target, optimizer, probe, budget, critical=critical_sharpness
+            )
         self.sender: Sender | None = None
         if self.enabled:
             start = dict(

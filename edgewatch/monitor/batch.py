@@ -75,8 +75,10 @@ def _quiet_prefix(f: JobForecast, records: Sequence[StepLike], start: int) -> in
 
 
 def _advance_quietly(f: JobForecast, records: Sequence[StepLike], start: int) -> int:
+    from edgewatch.monitor.forecast import per_lr
+
     block = records[start:]
-    if f.state == "diverged" or f.loss.average is None:
+    if f.state == "diverged" or f.loss.seen == 0:
         return 0
     losses = [r.loss for r in block]
     grads = [r.grad_norm for r in block]
@@ -85,27 +87,20 @@ def _advance_quietly(f: JobForecast, records: Sequence[StepLike], start: int) ->
     steps = np.fromiter((r.step for r in block), np.int64, len(block))
     lrs = np.fromiter((r.lr for r in block), np.float64, len(block))
     loss = np.asarray(losses, dtype=np.float64)
-    ok = np.isfinite(loss) & np.isfinite(np.asarray(grads, dtype=np.float64))
+    ok = np.isfinite(np.asarray(grads, dtype=np.float64)) & (loss > 0) & np.isfinite(loss)
     ok &= np.diff(steps, prepend=f.step) > 0  # resends and reordering: one at a time
     s = f.settings
-    # The loss's short average and its running minimum, exactly as LossHealth.update.
-    a = f.loss.smoothing
-    average = lfilter([a], [1.0, -(1 - a)], np.where(ok, loss, 0.0), zi=[(1 - a) * f.loss.average])[
-        0
-    ]
-    floor = np.minimum.accumulate(np.minimum(average, f.loss.floor))
-    if f.loss.floor > 0:
-        ratio = average / floor
-        ok &= (ratio < s.loss_excursion) & (floor > 0)
-    else:
-        ratio = np.ones_like(average)
+    short, mean, spread, floor = _loss_health(f, np.where(ok, loss, 1.0).tolist())
+    excess = short - floor
+    ok &= excess < math.log(s.loss_excursion) + f.loss.band * spread
+    damaged = excess >= math.log(s.damage) + f.loss.band * spread
     if f.nearest is not None:
         ok &= f.nearest[0] - steps > s.horizon
     ok &= ~_off_plan(f, steps, lrs)
     precursors = []
     for excursion, values in (
         (f.grad_precursor, grads),
-        (f.update_precursor, [r.update_norm for r in block]),
+        (f.update_precursor, [per_lr(r.update_norm, r.lr) for r in block]),
         (f.moment_precursor, [r.moment_ratio for r in block]),
     ):
         if excursion is not None:
@@ -115,7 +110,7 @@ def _advance_quietly(f: JobForecast, records: Sequence[StepLike], start: int) ->
             ok &= advanced[0]
             sent = values[0] is not None
             precursors.append((excursion, advanced[1], advanced[2], sent))
-    quiet = _quiet_counts(f, ratio, ok)
+    quiet = _quiet_counts(f, damaged)
     ok &= quiet < s.recover_steps if f.state != "stable" else True
     m = len(block) if ok.all() else int(np.argmin(ok))  # the first step that is not quiet
     if m == 0:
@@ -123,14 +118,36 @@ def _advance_quietly(f: JobForecast, records: Sequence[StepLike], start: int) ->
     last = m - 1
     f.step, f.lr = int(steps[last]), float(lrs[last])
     f.recent_lrs.extend(lrs[max(0, m - (f.recent_lrs.maxlen or m)) : m].tolist())
-    f.loss.average, f.loss.floor = float(average[last]), float(floor[last])
-    for excursion, short, base, sent in precursors:
+    health = f.loss
+    health.short, health.mean = float(short[last]), float(mean[last])
+    health.spread, health.floor = float(spread[last]), float(floor[last])
+    health.last = math.log(float(loss[last]))
+    health.seen += m
+    for excursion, ex_short, ex_base, sent in precursors:
         if sent:
-            excursion.short, excursion.base = float(short[last]), float(base[last])
+            excursion.short, excursion.base = float(ex_short[last]), float(ex_base[last])
             excursion.seen += m
             excursion.over = 0
     f.quiet = int(quiet[last])
     return m
+
+
+def _ema(weight: float, x: Any, before: float) -> Any:
+    """weight·x + (1 − weight)·previous, step after step, as the scalar updates compute it."""
+    return lfilter([weight], [1.0, -(1 - weight)], x, zi=[(1 - weight) * before])[0]
+
+
+def _loss_health(f: JobForecast, losses: list[float]) -> tuple[Any, Any, Any, Any]:
+    """LossHealth.update over the block: short and slow averages of log loss, the spread,
+    the running minimum (math.log, as update() takes it)."""
+    h = f.loss
+    x = np.array([math.log(v) for v in losses])
+    short = _ema(h.fast, x, h.short)
+    mean = _ema(h.slow, x, h.mean)
+    before = np.concatenate(([h.last], x[:-1]))
+    spread = _ema(h.slow, np.abs(x - before), h.spread)
+    floor = np.minimum.accumulate(np.minimum(mean, h.floor))
+    return short, mean, spread, floor
 
 
 def _off_plan(f: JobForecast, steps: np.ndarray[Any, Any], lrs: np.ndarray[Any, Any]) -> Any:
@@ -171,20 +188,17 @@ def _advance(
     if e.seen == 0 or any(v is None or not (math.isfinite(v) and v > 0) for v in values):
         return None
     x = np.array([math.log(v) for v in values])  # type: ignore[arg-type]  # math.log: as update()
-    fast, slow = e.fast, e.slow
-    short = lfilter([fast], [1.0, -(1 - fast)], x, zi=[(1 - fast) * e.short])[0]
-    base = lfilter([slow], [1.0, -(1 - slow)], x, zi=[(1 - slow) * e.base])[0]
+    short, base = _ema(e.fast, x, e.short), _ema(e.slow, x, e.base)
     before = np.concatenate(([e.base], base[:-1]))
     warm = e.seen + np.arange(1, len(x) + 1) >= e.warm
     fine = (short - before < e.log_threshold) & ~(warm & (short - base >= e.log_threshold))
     return fine, short, base
 
 
-def _quiet_counts(f: JobForecast, ratio: np.ndarray[Any, Any], ok: Any) -> np.ndarray[Any, Any]:
+def _quiet_counts(f: JobForecast, damaged: Any) -> np.ndarray[Any, Any]:
     """The quiet counter after each step, as ``_judge`` counts it for quiet steps."""
-    k = np.arange(len(ratio))
+    k = np.arange(len(damaged))
     if f.state == "unstable":  # a damaged loss keeps an unstable job from counting
-        damaged = ratio >= f.settings.damage
         last = np.maximum.accumulate(np.where(damaged, k, -1))
         return np.where(last >= 0, k - last, f.quiet + k + 1)
     return f.quiet + k + 1

@@ -38,14 +38,16 @@ import dataclasses
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from edgewatch.monitor.batch import StepLike, observe_steps
 from edgewatch.monitor.crossing import Crossing, CurvatureForecast, Estimate
 from edgewatch.monitor.plan import LRPlan, lr_moved
 from edgewatch.monitor.precursors import Excursion, LossHealth
 from edgewatch.monitor.recommend import Recommendation, explain, recommend
 from edgewatch.monitor.thresholds import threshold_for, uses_preconditioned_sharpness
+
+if TYPE_CHECKING:
+    from edgewatch.monitor.batch import StepLike
 
 State = Literal["stable", "approaching", "unstable", "diverged"]
 STATES: tuple[State, ...] = ("stable", "approaching", "unstable", "diverged")
@@ -56,13 +58,19 @@ RISING = 1.01  # an LR over 1% above its value RISING_WINDOW steps before is ris
 RISING_WINDOW = 20
 
 
+def per_lr(update_norm: float | None, lr: float) -> float | None:
+    """‖Δθ‖/η: the update's size with the LR's own rise or decay taken out (the plan and
+    the crossing forecast speak for those), what the update-norm precursor follows."""
+    return update_norm / lr if update_norm is not None and lr > 0 else None
+
+
 @dataclasses.dataclass(frozen=True)
 class PredictorSettings:
     """The rule's knobs; the defaults are the ones tuned in bench/predict (RESULTS.md)."""
 
     horizon: int = 100
     """A crossing this many steps ahead or nearer makes the job ``approaching``."""
-    margin: float = 2.5
+    margin: float = 1.5
     """The forecast ratio, over max(1, sustained level), that counts as a crossing."""
     sustained_window: int = 5
     """Recent teaching estimates whose median ratio is the sustained level."""
@@ -73,12 +81,15 @@ class PredictorSettings:
     settle_steps: int = 50
     """Adam-type optimizers: preconditioned estimates before this many steps are left out
     of the forecast (the second-moment estimate has not settled)."""
-    loss_excursion: float = 1.6
+    loss_excursion: float = 1.3
     """Short loss average over its running minimum that means the job is unstable."""
     damage: float = 1.3
     """Loss over its best above which a job does not return to stable."""
     loss_smoothing: float = 0.3
     """Weight of the newest loss (and precursor value) in the short averages."""
+    noise_band: float = 1.0
+    """The loss's noise (mean absolute deviation of its log) times this widens the
+    excursion and damage thresholds (``precursors.LossHealth``)."""
     direction_margin: float = math.inf
     """Like ``margin``, for the curvature along the last update (Bai et al. 2025, arXiv
     2506.04805), one HVP per sharpness estimate; inf: off."""
@@ -88,11 +99,12 @@ class PredictorSettings:
     grad_excursion: float = math.inf
     """Gradient norm over its baseline that makes the job ``approaching`` (inf: off)."""
     update_excursion: float = math.inf
-    """Update norm over its baseline that makes the job ``approaching`` (inf: off)."""
+    """Update norm per unit LR over its baseline that makes the job ``approaching``
+    (inf: off)."""
     moment_excursion: float = math.inf
     """Adam's moment ratio over its baseline that makes the job ``approaching`` (inf: off)."""
     baseline_rate: float = 0.02
-    """Weight of the newest value in a precursor's slow baseline."""
+    """Weight of the newest value in the slow averages (the loss's and the precursors')."""
     persist: int = 2
     """Steps in a row a precursor must be over its threshold."""
     warm: int = 50
@@ -167,7 +179,7 @@ class JobForecast:
             "curvature along the update": stream(unit, s.direction_margin),
             "critical sharpness": stream(2.0, s.critical_margin),
         }
-        self.loss = LossHealth(s.loss_smoothing)
+        self.loss = LossHealth(s.loss_smoothing, s.baseline_rate, s.noise_band)
 
         def excursion(threshold: float) -> Excursion:
             return Excursion(
@@ -229,7 +241,7 @@ class JobForecast:
         if self.adam and step < self.settings.settle_steps:
             return None  # Adam's second moment has not settled (crossing.py)
         rising = bool(self.recent_lrs) and lr > RISING * self.recent_lrs[0]
-        healthy = self.state == "stable" and self.loss.ratio < self.settings.damage
+        healthy = self.state == "stable" and not self.loss.over(self.settings.damage)
         ratio = value * lr / stream.unit
         stream.add(Estimate(step, value, ratio, teaches=healthy and not rising))
         now = max(step, self.step)
@@ -264,7 +276,7 @@ class JobForecast:
         if self.grad_precursor is not None:
             self.grad_precursor.update(grad_norm)
         if self.update_precursor is not None:
-            self.update_precursor.update(update_norm)
+            self.update_precursor.update(per_lr(update_norm, lr))
         if self.moment_precursor is not None:
             self.moment_precursor.update(moment_ratio)
         if self.plan is not None and self._off_plan(step, lr):
@@ -275,7 +287,10 @@ class JobForecast:
 
     def observe_steps(self, records: Sequence[StepLike]) -> list[Alert]:
         """Many steps in sequence order: the alerts ``observe_step`` would raise one by
-        one, at a fraction of the cost (``batch.py``)."""
+        one, at a fraction of the cost (``batch.py``, which imports NumPy and SciPy: only
+        the daemon and replay need it)."""
+        from edgewatch.monitor.batch import observe_steps
+
         return observe_steps(self, records)
 
     def observe_event(self, step: int, kind: str) -> Alert | None:
@@ -390,9 +405,8 @@ class JobForecast:
     def _wanted(self, step: int) -> tuple[State, str]:
         """The state the evidence asks for now, and why."""
         s = self.settings
-        loss_ratio = self.loss.ratio
-        if loss_ratio >= s.loss_excursion:
-            return "unstable", f"loss at {loss_ratio:.2f}× its running minimum"
+        if self.loss.over(s.loss_excursion):
+            return "unstable", f"loss at {self.loss.ratio:.2f}× its running minimum"
         if self.nearest is not None:
             at, name = self.nearest
             if at <= step:
@@ -414,7 +428,7 @@ class JobForecast:
         wanted, why = self._wanted(step)
         if RANK[wanted] > RANK[self.state]:
             return self._set(wanted, step, why)
-        damaged = self.state == "unstable" and self.loss.ratio >= self.settings.damage
+        damaged = self.state == "unstable" and self.loss.over(self.settings.damage)
         if wanted != "stable" or damaged:
             self.quiet = 0
             return None

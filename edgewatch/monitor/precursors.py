@@ -18,24 +18,50 @@ from __future__ import annotations
 import math
 
 
+def _exp(x: float) -> float:
+    """exp, +inf past float range (a diverging loss has a log-ratio of hundreds)."""
+    return math.exp(x) if x < 709.0 else math.inf
+
+
 class LossHealth:
-    def __init__(self, smoothing: float) -> None:
-        self.smoothing = smoothing
-        self.average: float | None = None
+    """The loss against its own history, in logs: a short average (weight ``fast``) over
+    the running minimum of a slow one (weight ``slow``), with the loss's own noise (the
+    slow average of |Δ log loss| from step to step, which a level shift moves once, not
+    for as long as the averages take to catch up) widening the band: a minibatch loss near
+    zero moves by tens of percent from batch to batch, a full-batch loss by nothing, and
+    the same 1.6× cannot mean trouble in both (issue 11: healthy minibatch runs read
+    ``unstable``). Losses that are not positive are not followed (a ratio means nothing)."""
+
+    def __init__(self, fast: float, slow: float, band: float) -> None:
+        self.fast, self.slow, self.band = fast, slow, band
+        self.seen = 0
+        self.short = self.mean = self.spread = self.last = 0.0
         self.floor = math.inf
 
     def update(self, loss: float) -> None:
-        a = self.smoothing
-        self.average = loss if self.average is None else a * loss + (1 - a) * self.average
-        self.floor = min(self.floor, self.average)
+        if not (loss > 0 and math.isfinite(loss)):
+            return
+        x = math.log(loss)
+        if self.seen == 0:
+            self.short = self.mean = x
+        else:
+            self.short = self.fast * x + (1 - self.fast) * self.short
+            self.spread = self.slow * abs(x - self.last) + (1 - self.slow) * self.spread
+            self.mean = self.slow * x + (1 - self.slow) * self.mean
+        self.last = x
+        self.floor = min(self.floor, self.mean)
+        self.seen += 1
+
+    def over(self, ratio: float) -> bool:
+        """Whether the short average is ``ratio`` × its running minimum, beyond the noise."""
+        return (
+            self.seen > 0 and self.short - self.floor >= math.log(ratio) + self.band * self.spread
+        )
 
     @property
     def ratio(self) -> float:
-        """Short average over its running minimum (1.0 until there is one, or for losses
-        that are not positive, where a ratio means nothing)."""
-        if self.average is None or not self.floor > 0:
-            return 1.0
-        return self.average / self.floor
+        """Short average over the running minimum of the slow one (1.0 before any loss)."""
+        return _exp(self.short - self.floor) if self.seen else 1.0
 
 
 class Excursion:
@@ -67,7 +93,7 @@ class Excursion:
     @property
     def ratio(self) -> float:
         """Short average over the baseline (1.0 while the history is short)."""
-        return math.exp(self.short - self.base) if self.seen >= self.warm else 1.0
+        return _exp(self.short - self.base) if self.seen >= self.warm else 1.0
 
     @property
     def alarming(self) -> bool:

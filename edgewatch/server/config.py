@@ -24,6 +24,17 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 ENV_PREFIX = "EDGEWATCH_"
+TUNED = {
+    "margin": "alarm ratio over max(1, sustained level)",
+    "horizon": "steps ahead from which a forecast crossing is approaching",
+    "loss_excursion": "loss over its running minimum that is unstable",
+    "grad_excursion": "gradient norm over its baseline that is approaching (inf: off)",
+    "update_excursion": "update norm over its baseline that is approaching (inf: off)",
+    "moment_excursion": "Adam's moment ratio over its baseline that is approaching (inf: off)",
+    "direction_margin": "like the margin, for the curvature along the update (inf: off)",
+    "critical_margin": "like the margin, for the critical sharpness (inf: off)",
+}
+"""The predictor's knobs that bench/predict tunes: daemon settings ``forecast_<name>``."""
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -58,13 +69,20 @@ class Settings:
     """A crossing forecast this many steps ahead or nearer makes a job ``approaching``."""
     forecast_loss_excursion: float = DEFAULT_SETTINGS.loss_excursion
     """Loss (short average) over its running minimum from which a job is ``unstable``."""
+    forecast_grad_excursion: float = DEFAULT_SETTINGS.grad_excursion
+    """Gradient norm over its baseline that makes a job ``approaching`` (inf: off)."""
+    forecast_update_excursion: float = DEFAULT_SETTINGS.update_excursion
+    """Update norm over its baseline that makes a job ``approaching`` (inf: off)."""
+    forecast_moment_excursion: float = DEFAULT_SETTINGS.moment_excursion
+    """Adam's moment ratio over its baseline that makes a job ``approaching`` (inf: off)."""
+    forecast_direction_margin: float = DEFAULT_SETTINGS.direction_margin
+    """Like the margin, for the curvature along the last update (inf: off)."""
+    forecast_critical_margin: float = DEFAULT_SETTINGS.critical_margin
+    """Like the margin, for the critical sharpness (inf: off)."""
 
     def predictor(self) -> PredictorSettings:
         return dataclasses.replace(
-            DEFAULT_SETTINGS,
-            margin=self.forecast_margin,
-            horizon=self.forecast_horizon,
-            loss_excursion=self.forecast_loss_excursion,
+            DEFAULT_SETTINGS, **{name: getattr(self, "forecast_" + name) for name in TUNED}
         )
 
     def __post_init__(self) -> None:
@@ -93,9 +111,11 @@ class Settings:
         for name in ("commit_interval", "job_expiry"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
-        for name in ("forecast_margin", "forecast_loss_excursion"):
+        for name in (f"forecast_{n}" for n in TUNED if n not in ("horizon", "margin")):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not self.forecast_margin > 0:
+            raise ConfigError(f"forecast_margin must be > 0, got {self.forecast_margin!r}")
         for name in ("commit_rows", "max_frame_bytes", "forecast_horizon"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
