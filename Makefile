@@ -40,7 +40,10 @@ bench: bench-ingest bench-client bench-curvature bench-predict bench-alerts benc
 bench-ingest: $(DEV)
 	$(PY) bench/ingest.py
 
+# Step times of a nanoGPT-sized transformer with and without edgewatch (p50/p99/worst,
+# estimates per 1000 steps at the default budget), then the hook's µs per step on an MLP.
 bench-client: $(DEV)
+	cd bench && ../$(PY) client_steps.py
 	$(PY) bench/client_overhead.py
 
 clean:

@@ -78,7 +78,7 @@ def run(
     called through the scheduler, so edgewatch's look-ahead calls it for future steps
     too: it must be a function of its arguments (and of state fixed before the step).
     ``on_step(step)`` runs before each step: where such state may change (an
-    intervention that asks the daemon whether the job is stable again).
+    intervention that asks the daemon whether the sharpness allows the plan again).
     """
     torch.set_num_threads(1)  # the daemon has the other core
     setup = build(spec)
@@ -118,7 +118,7 @@ def run(
         for key, mon in monitors.items():
             if mon.curvature is not None:
                 others = [m for k, m in monitors.items() if k != key]
-                mon.curvature.clock = _lent_clock(others, label_time)
+                mon.curvature.use_clock(_lent_clock(others, label_time))
         started = time.monotonic()
         first, best, high = None, math.inf, 0
         for step in range(spec.steps):

@@ -5,10 +5,11 @@ from the alarm step on (the alarm and the advice are those of the settings tuned
 the run's family left out), in two ways:
 
 - **cap**: the LR never again above the recommended LR;
-- **hold**: the LR held at or under the recommendation until the daemon reports the job
-  ``stable`` again, then the plan resumed: what the alerts' advice says
-  (monitor/recommend.py). The re-run streams to a daemon running those settings, and
-  asks it (``GET /api/jobs/{job}``) every few steps.
+- **hold**: the LR held at or under the recommendation until the sharpness allows the
+  planned LR again (the last estimate, taken since the hold began, times the planned LR,
+  under 0.8 × max(1, sustained level) of the threshold), then the plan resumed: what the
+  alerts' advice says (monitor/recommend.py). The re-run streams to a daemon running
+  those settings and asks it (``GET /api/jobs/{job}``) every few steps.
 
 A divergence counts as prevented when the re-run has no DIVERGENCE event; its final label
 loss is compared with the best event-free run of its family (target: within 5%).
@@ -21,16 +22,18 @@ import math
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 from common import daemon_process
 from harness import RunResult, run
 from lofo import Case, LeftOut, replay
 from scoring import excursions, scored
 
-from edgewatch.monitor.forecast import ALARM_STATES, PredictorSettings
+from edgewatch.monitor.forecast import ALARM_STATES, DEFAULT_SETTINGS, PredictorSettings
 from edgewatch.server.config import TUNED
 
 ASK_EVERY = 5  # steps between questions to the daemon while holding
+SAFETY = DEFAULT_SETTINGS.safety  # the plan is safe again under SAFETY × max(1, level)
 WITHIN = 1.05  # "within 5% of the best stable run of the family"
 
 
@@ -43,37 +46,50 @@ def _flags(settings: PredictorSettings) -> dict[str, str]:
 
 
 class Hold:
-    """The LR held at ``cap`` from ``start`` until the daemon says the job is stable."""
+    """The LR held at ``cap`` from ``start`` until the sharpness allows the plan again."""
 
-    def __init__(self, start: int, cap: float, ask: Callable[[], str]) -> None:
+    def __init__(self, start: int, cap: float, ask: Callable[[], dict[str, Any]]) -> None:
         self.start, self.cap, self.ask = start, cap, ask
         self.holding = False
         self.released_at: int | None = None
+        self.planned: dict[int, float] = {}
 
     def on_step(self, step: int) -> None:
         if step == self.start:
             self.holding = True
-        elif (
-            self.holding
-            and step > self.start + ASK_EVERY
-            and step % ASK_EVERY == 0
-            and self.ask() == "stable"
-        ):
-            self.holding, self.released_at = False, step
+        elif self.holding and step > self.start + ASK_EVERY and step % ASK_EVERY == 0:
+            job = self.ask()
+            if job and self._plan_is_safe(job, self.planned.get(step)):
+                self.holding, self.released_at = False, step
+
+    def _plan_is_safe(self, job: dict[str, Any], planned: float | None) -> bool:
+        sharpness, threshold, lr = (
+            job.get("sharpness"),
+            job.get("stability_threshold"),
+            job.get("lr"),
+        )
+        measured_since = (job.get("sharpness_step") or -1) > self.start
+        if not (measured_since and sharpness and threshold and lr and planned):
+            return False
+        ratio_at_plan = sharpness * planned / (threshold * lr)  # the threshold goes as 1/LR
+        level = job["analysis"].get("sustained_level") or 0.0
+        return bool(ratio_at_plan <= SAFETY * max(1.0, level))
 
     def __call__(self, step: int, planned: float) -> float:
+        self.planned[step] = planned
         return min(planned, self.cap) if self.holding and step >= self.start else planned
 
 
-def _asker(http: str, job: str) -> Callable[[], str]:
+def _asker(http: str, job: str) -> Callable[[], dict[str, Any]]:
     url = f"{http}/api/jobs/{urllib.parse.quote(job, safe='')}"
 
-    def ask() -> str:
+    def ask() -> dict[str, Any]:
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
-                return str(json.load(response)["analysis"]["state"])
+                answer: dict[str, Any] = json.load(response)
+                return answer
         except OSError:
-            return "unknown"  # not registered yet: keep holding
+            return {}  # not registered yet: keep holding
 
     return ask
 

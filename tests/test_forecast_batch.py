@@ -6,11 +6,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import time
 
 import pytest
+import zmq
+from conftest import http_json
 
 from edgewatch.monitor import JobForecast, compress
 from edgewatch.monitor.forecast import PredictorSettings
+from edgewatch.schemas import AnyRecord, Batch, JobStart, OptimizerInfo, Step, encode
+from edgewatch.server import Daemon
 
 ON = PredictorSettings(
     grad_excursion=2.0, update_excursion=2.5, moment_excursion=3.0, recover_steps=30
@@ -76,8 +81,21 @@ def _feed(
 def _state(f: JobForecast) -> tuple[object, ...]:
     p = [(e.short, e.base, e.seen, e.over) for e in f.precursors.values()]
     h = f.loss
-    return (f.state, f.step, f.lr, f.quiet, h.short, h.mean, h.spread, h.last, h.floor, tuple(p),
-            tuple(f.recent_lrs), f.nearest, f.recommendation)  # fmt: skip
+    return (
+        f.state,
+        f.step,
+        f.lr,
+        f.quiet,
+        h.short,
+        h.mean,
+        h.spread,
+        h.last,
+        h.floor,
+        tuple(p),
+        tuple(f.recent_lrs),
+        f.nearest,
+        f.recommendation,
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -100,3 +118,32 @@ def test_a_non_finite_loss_inside_a_block_is_diverged_at_its_step() -> None:
     forecast = JobForecast({"kind": "SGD", "lr": 0.1})
     forecast.observe_steps(steps)
     assert [(a.step, a.state) for a in forecast.alerts] == [(150, "diverged")]
+
+
+def test_several_alerts_raised_by_one_frame_are_all_stored(daemon: Daemon) -> None:
+    # One frame whose steps spike and recover, twice: four state changes in one block.
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(daemon.endpoint)
+    optimizer = OptimizerInfo(kind="SGD", lr=0.1)
+    start = JobStart(job="burst", run=1, seq=1, wall_time=time.time(), optimizer=optimizer)
+    sock.send(encode(Batch(job="burst", run=1, frame_id=1, records=[start])))
+    sock.recv()
+    losses = [1.0] * 100 + [5.0] * 10 + [1.0] * 100 + [5.0] * 10 + [1.0] * 100
+    steps: list[AnyRecord] = [
+        Step(
+            job="burst",
+            run=1,
+            seq=2 + t,
+            step=t,
+            wall_time=time.time(),
+            lr=0.1,
+            loss=v,
+            grad_norm=1.0,
+        )
+        for t, v in enumerate(losses)
+    ]
+    sock.send(encode(Batch(job="burst", run=1, frame_id=2, records=steps)))
+    sock.recv()
+    sock.close(linger=0)
+    alerts = http_json(daemon.http_url + "/api/jobs/burst/alerts")
+    assert [a["state"] for a in alerts] == ["unstable", "stable", "unstable", "stable"]

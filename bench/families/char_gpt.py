@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from . import RunSpec, Setup, schedules, text
-from .gpt import GPT, adamw_groups, lm_loss
+from .gpt import GPT, adamw_groups
 
 NAME = "char_gpt"
 CONTEXT = 64
@@ -116,22 +116,15 @@ def build(spec: RunSpec) -> Setup:
     else:
         plan = schedules.warmup(lr, warmup)
     plan = schedules.jump(plan, int(spec.get("jump_at", 0)), float(spec.get("jump", 1.0)))
-    probe_rows = text.fixed_windows(text.train_tokens(), PROBE, CONTEXT)
-    label_rows = text.fixed_windows(text.held_out_tokens(), LABEL, CONTEXT)
-
-    def label_loss() -> float:
-        with torch.no_grad():
-            return float(lm_loss(model, label_rows))
-
     clip = spec.get("clip")
-    return Setup(
-        model=model,
-        optimizer=optimizer,
-        planned_lr=plan,
-        batch=text.batch_sampler(spec.seed, BATCH, CONTEXT),
-        loss=lambda rows: lm_loss(model, rows),
-        probe=lambda: lm_loss(model, probe_rows),
-        label_loss=label_loss,
+    return text.language_model(
+        model,
+        optimizer,
+        plan,
+        spec.seed,
+        batch=BATCH,
+        context=CONTEXT,
+        probe=PROBE,
+        label=LABEL,
         clip=float(clip) if clip else None,
-        probe_batch=PROBE,
     )

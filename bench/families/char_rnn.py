@@ -66,11 +66,6 @@ class CharGRU(nn.Module):
         return logits
 
 
-def lm_loss(model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
-    logits = model(rows[:, :-1])
-    return nn.functional.cross_entropy(logits.reshape(-1, text.VOCAB), rows[:, 1:].reshape(-1))
-
-
 def build(spec: RunSpec) -> Setup:
     torch.manual_seed(spec.seed)
     model = CharGRU()
@@ -81,20 +76,6 @@ def build(spec: RunSpec) -> Setup:
         int(spec.get("jump_at")),
         float(spec.get("jump")),
     )
-    probe_rows = text.fixed_windows(text.train_tokens(), PROBE, CONTEXT)
-    label_rows = text.fixed_windows(text.held_out_tokens(), LABEL, CONTEXT)
-
-    def label_loss() -> float:
-        with torch.no_grad():
-            return float(lm_loss(model, label_rows))
-
-    return Setup(
-        model=model,
-        optimizer=optimizer,
-        planned_lr=plan,
-        batch=text.batch_sampler(spec.seed, BATCH, CONTEXT),
-        loss=lambda rows: lm_loss(model, rows),
-        probe=lambda: lm_loss(model, probe_rows),
-        label_loss=label_loss,
-        probe_batch=PROBE,
+    return text.language_model(
+        model, optimizer, plan, spec.seed, batch=BATCH, context=CONTEXT, probe=PROBE, label=LABEL
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -45,3 +46,43 @@ def traceless(model: torch.nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for buffer, copy in saved:
                 buffer.copy_(copy)
+
+
+def classifier(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    plan: Callable[[int], float],
+    seed: int,
+    *,
+    train: int,
+    batch: int,
+    probe: int,
+    shape: tuple[int, ...] = (-1, 64),
+) -> Any:
+    """The Setup of a digits classifier with cross-entropy: seeded minibatches of the
+    first ``train`` images, ``probe`` of them spread evenly for the sharpness, and the
+    loss on every other held-out image for labels (evaluated without a trace)."""
+    from . import Setup
+
+    images, labels = data()
+    x, y = images[:train].view(*shape), labels[:train]
+    held_x, held_y = images[train::2].view(*shape), labels[train::2]
+    probe_index = torch.arange(probe) * (train // probe)
+
+    def loss(index: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(model(x[index]), y[index])
+
+    def label_loss() -> float:
+        with traceless(model):
+            return float(torch.nn.functional.cross_entropy(model(held_x), held_y))
+
+    return Setup(
+        model=model,
+        optimizer=optimizer,
+        planned_lr=plan,
+        batch=minibatches(seed, train, batch),
+        loss=loss,
+        probe=lambda: loss(probe_index),
+        label_loss=label_loss,
+        probe_batch=probe,
+    )

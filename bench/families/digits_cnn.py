@@ -106,8 +106,6 @@ def model_for(seed: int) -> nn.Module:
 
 
 def build(spec: RunSpec) -> Setup:
-    images, labels = digits.data()
-    x, y = images[:TRAIN].view(-1, 1, 8, 8), labels[:TRAIN]
     model = model_for(spec.seed)
     lr = float(spec.get("lr"))
     optimizer = torch.optim.SGD(
@@ -121,24 +119,13 @@ def build(spec: RunSpec) -> Setup:
     plan = schedules.warmup_cosine(lr, 20, steps, 0.0) if spec.get("cosine") else None
     plan = plan or schedules.constant(lr)
     plan = schedules.jump(plan, int(spec.get("jump_at")), float(spec.get("jump")))
-    probe_index = torch.arange(PROBE) * (TRAIN // PROBE)
-
-    def loss(index: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(model(x[index]), y[index])
-
-    held_x, held_y = images[TRAIN::2].view(-1, 1, 8, 8), labels[TRAIN::2]
-
-    def label_loss() -> float:
-        with digits.traceless(model):
-            return float(nn.functional.cross_entropy(model(held_x), held_y))
-
-    return Setup(
-        model=model,
-        optimizer=optimizer,
-        planned_lr=plan,
-        batch=digits.minibatches(spec.seed, TRAIN, BATCH),
-        loss=loss,
-        probe=lambda: loss(probe_index),
-        label_loss=label_loss,
-        probe_batch=PROBE,
+    return digits.classifier(
+        model,
+        optimizer,
+        plan,
+        spec.seed,
+        train=TRAIN,
+        batch=BATCH,
+        probe=PROBE,
+        shape=(-1, 1, 8, 8),
     )

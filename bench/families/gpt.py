@@ -59,12 +59,6 @@ class GPT(nn.Module):
         return logits
 
 
-def lm_loss(model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
-    """Mean next-character cross-entropy of rows (inputs rows[:, :-1], targets rows[:, 1:])."""
-    logits = model(rows[:, :-1])
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
-
-
 def adamw_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
     """nanoGPT's two groups: weight decay on matrices and embeddings, none on the rest."""
     params = [p for p in model.parameters() if p.requires_grad]

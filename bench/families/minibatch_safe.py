@@ -71,17 +71,15 @@ def build(spec: RunSpec) -> Setup:
     if kind == "rnn":
         setup = char_rnn.build(char_rnn.run(spec.seed, spec.steps, float(spec.get("lr"))))
         return setup
-    images, labels = digits.data()
+    shape = (-1, 64)
     if kind == "cnn":
         model = digits_cnn.model_for(spec.seed)
-        images = images.view(-1, 1, 8, 8)
+        shape = (-1, 1, 8, 8)
     else:
         torch.manual_seed(spec.seed)
         model = nn.Sequential(
             nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
         )
-    x, y = images[:TRAIN], labels[:TRAIN]
-    held_x, held_y = images[TRAIN::2], labels[TRAIN::2]
     lr, name = float(spec.get("lr")), spec.get("optimizer")
     optimizer: torch.optim.Optimizer
     if name == "adam":
@@ -98,22 +96,6 @@ def build(spec: RunSpec) -> Setup:
         else schedules.constant(lr)
     )
     size = int(spec.get("batch"))
-    probe_index = torch.arange(64) * (TRAIN // 64)
-
-    def loss(index: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(model(x[index]), y[index])
-
-    def label_loss() -> float:
-        with digits.traceless(model):
-            return float(nn.functional.cross_entropy(model(held_x), held_y))
-
-    return Setup(
-        model=model,
-        optimizer=optimizer,
-        planned_lr=plan,
-        batch=digits.minibatches(spec.seed, TRAIN, size),
-        loss=loss,
-        probe=lambda: loss(probe_index),
-        label_loss=label_loss,
-        probe_batch=64,
+    return digits.classifier(
+        model, optimizer, plan, spec.seed, train=TRAIN, batch=size, probe=64, shape=shape
     )

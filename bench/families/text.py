@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -86,3 +88,47 @@ def fixed_windows(tokens: torch.Tensor, count: int, context: int) -> torch.Tenso
     """``count`` windows spread evenly over ``tokens`` (a fixed probe or label batch)."""
     starts = torch.linspace(0, len(tokens) - context - 2, count).long()
     return windows(tokens, starts, context)
+
+
+def lm_loss(model: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """Mean next-character cross-entropy of rows (inputs rows[:, :-1], targets rows[:, 1:])."""
+    logits = model(rows[:, :-1])
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1)
+    )
+
+
+def language_model(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    plan: Callable[[int], float],
+    seed: int,
+    *,
+    batch: int,
+    context: int,
+    probe: int,
+    label: int,
+    clip: float | None = None,
+) -> Any:
+    """The Setup of a character LM: seeded training windows, ``probe`` fixed training
+    windows for the sharpness, the loss on ``label`` fixed held-out windows for labels."""
+    from . import Setup
+
+    probe_rows = fixed_windows(train_tokens(), probe, context)
+    label_rows = fixed_windows(held_out_tokens(), label, context)
+
+    def label_loss() -> float:
+        with torch.no_grad():
+            return float(lm_loss(model, label_rows))
+
+    return Setup(
+        model=model,
+        optimizer=optimizer,
+        planned_lr=plan,
+        batch=batch_sampler(seed, batch, context),
+        loss=lambda rows: lm_loss(model, rows),
+        probe=lambda: lm_loss(model, probe_rows),
+        label_loss=label_loss,
+        clip=clip,
+        probe_batch=probe,
+    )

@@ -121,6 +121,14 @@ class CurvatureSchedule:
         self.critical_found = 0  # critical-sharpness searches that found a step (each sent)
         self.failures = 0
 
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Count the budget on ``clock`` from now on (a benchmark that interleaves loops
+        lends each the time that is its own)."""
+        self.clock = clock
+        self.started = clock()
+        for pace in self.paces.values():
+            pace.last_end = self.started
+
     @property
     def spent(self) -> float:
         """Seconds charged to the budget so far."""

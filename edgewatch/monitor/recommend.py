@@ -6,11 +6,12 @@ alarm's catapult headroom, since a capped LR must be one that trains. It never r
 an LR the job has already failed at (issue 11: recommendations above the LRs that broke
 the job). Without a sharpness estimate to go by, it is ``backoff`` × the LR in force.
 
-How to apply it: hold the LR at or under the recommendation until the job is ``stable``
-again, then resume the plan. The edge-of-stability dynamics say why that is enough:
-an LR under 2/λ lets the sharpness fall back (self-stabilisation, Damian et al. 2022,
-arXiv 2209.15594), after which the planned LR is safe again or the forecast says it is
-not. Capping the LR for the rest of the run also prevents the spike but trains slower
+How to apply it: hold the LR at or under the recommendation until the sharpness allows
+the planned LR again (the forecast at the planned LR back under the alarm ratio), then
+resume the plan. The edge-of-stability dynamics say why that can be enough: an LR under
+2/λ lets the sharpness fall back (self-stabilisation, Damian et al. 2022, arXiv
+2209.15594); when it does not come down, the plan's LR is too high for good and the cap
+is the fix. Capping the LR for the rest of the run also prevents the spike but trains slower
 (bench/RESULTS.md, intervention track). When the plan is what raises the LR (a warmup),
 the other way is a longer warmup: the planned rise stretched by the forecast's overshoot,
 never longer than half of what is left of the run.
@@ -84,8 +85,8 @@ def explain(
         )
     if alarmed and recommendation.lr is not None:
         words += (
-            f"; hold the LR at or below {recommendation.lr:.3g} until the job is stable again, "
-            "then resume the plan"
+            f"; hold the LR at or below {recommendation.lr:.3g} until the sharpness allows "
+            "the planned LR again, then resume the plan (or keep it capped)"
         )
         if recommendation.warmup_steps:
             words += f"; or warm up over {recommendation.warmup_steps} steps from here"

@@ -84,13 +84,16 @@ class RunAnalysis:
         return self.record(record)
 
     def alert_row(self, alert: Alert, wall_time: float) -> tuple[Any, ...]:
-        """The alerts-table tuple (INSERT_COLUMNS order); seq is the alert's number. Also
-        notes when the state changed, for ``edgewatch_state_changed_timestamp_seconds``."""
+        """The alerts-table tuple (INSERT_COLUMNS order); seq is the alert's number in the
+        run (a block of steps may raise several: each keeps its own). Also notes when the
+        state changed, for ``edgewatch_state_changed_timestamp_seconds``."""
         self.changed_at[alert.state] = time.time() if self.live else wall_time
+        alerts = self.forecast.alerts
+        number = len(alerts) - next(i for i, a in enumerate(reversed(alerts)) if a is alert)
         return (
             self.job_pk,
             self.run,
-            len(self.forecast.alerts),
+            number,
             alert.step,
             wall_time,
             alert.state,
