@@ -1,5 +1,6 @@
 """The training-side hook: measure per step, stream to the daemon, never get in the way."""
 
-from edgewatch.client.monitor import Monitor, attach
+from edgewatch.client.attach import attach
+from edgewatch.client.monitor import Monitor
 
 __all__ = ["Monitor", "attach"]

@@ -15,15 +15,14 @@ training loop never sees an exception from edgewatch.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from edgewatch.client.arguments import DEFAULT_ENDPOINT, check_arguments, curve_keys, open_spool
 from edgewatch.client.capture import (
     describe_optimizer,
     global_grad_norm,
@@ -33,12 +32,10 @@ from edgewatch.client.capture import (
 )
 from edgewatch.client.curvature import CurvatureSchedule, Kind
 from edgewatch.client.gradnorm import BackwardGradNorm
-from edgewatch.client.readback import Row, Value, host_value, pack
+from edgewatch.client.readback import Row, Value, host_value, loss_scale, pack
 from edgewatch.client.schedule import PlanSource
 from edgewatch.client.sender import PlanItem, RecordItem, Sender, StepChunk
 from edgewatch.client.signals import StepSignals
-from edgewatch.client.spool import Spool
-from edgewatch.keys import load_keys
 from edgewatch.monitor.thresholds import uses_preconditioned_sharpness
 from edgewatch.schemas import Event, JobEnd, Sharpness
 
@@ -49,11 +46,11 @@ log = logging.getLogger("edgewatch.client")
 # scraped every few seconds nothing.
 CHUNK_STEPS = 64
 CHUNK_SECONDS = 0.5
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 
 class Monitor:
-    """Returned by :func:`attach`: ``step(loss)`` per optimizer step, ``close()`` at the end.
+    """Returned by ``edgewatch.attach`` (``client/attach.py``): ``step(loss)`` per
+    optimizer step, ``close()`` at the end.
 
     Options beyond DESIGN.md's ``attach`` signature (keyword-only, through ``attach``):
 
@@ -118,7 +115,7 @@ class Monitor:
         spool_dir: str | None = None,
         spool_max_bytes: int = 1 << 30,
     ) -> None:
-        _check_arguments(optimizer, job, endpoint, budget, total_steps)
+        check_arguments(optimizer, job, endpoint, budget, total_steps)
         self.job = job
         self.optimizer = optimizer
         self.model = model
@@ -183,8 +180,8 @@ class Monitor:
                 start,
                 max_buffered=max_buffered,
                 flush_interval=flush_interval,
-                curve=_curve_keys(server_key, client_key),
-                spool=_open_spool(spool_dir, job, self.run, spool_max_bytes),
+                curve=curve_keys(server_key, client_key),
+                spool=open_spool(spool_dir, job, self.run, spool_max_bytes),
             )
             self.sender.start()
 
@@ -239,7 +236,7 @@ class Monitor:
                 lrs = [group["lr"] for group in self.optimizer.param_groups]
                 if self._backward_norm is not None:
                     self._backward_norm.discard()  # that backward led to no step
-            scale = _loss_scale(self.grad_scaler) if self.grad_scaler is not None else None
+            scale = loss_scale(self.grad_scaler) if self.grad_scaler is not None else None
             number = self._step if step is None else int(step)
             self._step = number + 1
             rows = self._rows
@@ -383,87 +380,3 @@ class Monitor:
                 where,
                 exc,
             )
-
-
-def _loss_scale(scaler: Any) -> Value:
-    """The scaler's current scale without a sync: its scale tensor, read back later."""
-    scale = getattr(scaler, "_scale", None)  # torch.amp.GradScaler keeps it on the device
-    if isinstance(scale, torch.Tensor):
-        return host_value(scale)
-    return float(scaler.get_scale()) if hasattr(scaler, "get_scale") else None
-
-
-def _open_spool(folder: str | None, job: str, run: int, max_bytes: int) -> Spool | None:
-    folder = folder or os.environ.get("EDGEWATCH_SPOOL_DIR")
-    if not folder:
-        return None
-    try:
-        return Spool(Path(folder), job, run, max_bytes)
-    except OSError as exc:  # an unwritable folder: monitoring goes on without a spool
-        log.warning("edgewatch: no spool in %s (%s); records stay in memory", folder, exc)
-        return None
-
-
-def _curve_keys(
-    server_key: str | None, client_key: str | None
-) -> tuple[bytes, bytes, bytes] | None:
-    """CURVE keys for the sender: the daemon's public key, this client's key pair."""
-    if server_key is None and client_key is None:
-        return None
-    if server_key is None or client_key is None:
-        raise ValueError(
-            "CURVE needs both server_key (the daemon's NAME.key) and client_key "
-            "(this client's NAME.key_secret)"
-        )
-    server_public, _ = load_keys(server_key, secret=False)
-    public, secret = load_keys(client_key, secret=True)
-    assert secret is not None
-    return server_public, public, secret
-
-
-def _check_arguments(
-    optimizer: Any, job: str, endpoint: str, budget: float, total_steps: int | None
-) -> None:
-    # Mistakes in the call itself are the user's to fix now, before training starts.
-    if not hasattr(optimizer, "param_groups") or not hasattr(optimizer, "register_step_pre_hook"):
-        raise TypeError(f"attach() needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    if not isinstance(job, str) or not job or len(job) > 200 or not job.isprintable():
-        raise ValueError(f"job must be a printable name of 1..200 characters, got {job!r}")
-    if "://" not in endpoint:
-        raise ValueError(
-            f"endpoint must be a ZeroMQ endpoint like {DEFAULT_ENDPOINT}, got {endpoint!r}"
-        )
-    if not 0 <= budget < 1:
-        raise ValueError(f"budget is a share of wall time in [0, 1), got {budget!r}")
-    if total_steps is not None and total_steps < 0:
-        raise ValueError(f"total_steps must be >= 0, got {total_steps!r}")
-
-
-def attach(
-    optimizer: torch.optim.Optimizer,
-    model: torch.nn.Module | None = None,
-    *,
-    job: str,
-    endpoint: str | None = None,
-    probe: Callable[[], torch.Tensor] | None = None,
-    scheduler: Any = None,
-    total_steps: int | None = None,
-    budget: float = 0.02,
-    **options: Any,
-) -> Monitor:
-    """Start monitoring ``optimizer``'s training; see :class:`Monitor` for ``options``.
-
-    ``endpoint`` defaults to ``$EDGEWATCH_ENDPOINT`` or tcp://127.0.0.1:5555.
-    """
-    endpoint = endpoint or os.environ.get("EDGEWATCH_ENDPOINT", DEFAULT_ENDPOINT)
-    return Monitor(
-        optimizer,
-        model,
-        job=job,
-        endpoint=endpoint,
-        probe=probe,
-        scheduler=scheduler,
-        total_steps=total_steps,
-        budget=budget,
-        **options,
-    )

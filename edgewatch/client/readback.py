@@ -88,3 +88,11 @@ def pack(rows: list[Row]) -> Packed:
     on_device = set(slots)
     rest = [None if i in on_device else v for i, v in enumerate(values)]
     return Packed(rest, host=host, event=event, slots=slots)
+
+
+def loss_scale(scaler: Any) -> Value:
+    """The scaler's current scale without a sync: its scale tensor, read back later."""
+    scale = getattr(scaler, "_scale", None)  # torch.amp.GradScaler keeps it on the device
+    if isinstance(scale, torch.Tensor):
+        return host_value(scale)
+    return float(scaler.get_scale()) if hasattr(scaler, "get_scale") else None

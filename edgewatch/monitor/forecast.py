@@ -34,23 +34,32 @@ arrives.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from edgewatch.monitor.crossing import Crossing, CurvatureForecast, Estimate
 from edgewatch.monitor.plan import LRPlan, lr_moved
 from edgewatch.monitor.precursors import Excursion, LossHealth
 from edgewatch.monitor.recommend import Recommendation, explain, recommend
+from edgewatch.monitor.settings import DEFAULT_SETTINGS, Alert, PredictorSettings, State
 from edgewatch.monitor.thresholds import threshold_for, uses_preconditioned_sharpness
 
 if TYPE_CHECKING:
     from edgewatch.monitor.batch import StepLike
 
-State = Literal["stable", "approaching", "unstable", "diverged"]
 STATES: tuple[State, ...] = ("stable", "approaching", "unstable", "diverged")
+__all__ = [  # the settings and Alert live in settings.py; importers of this module keep them
+    "ALARM_STATES",
+    "DEFAULT_SETTINGS",
+    "STATES",
+    "Alert",
+    "JobForecast",
+    "PredictorSettings",
+    "State",
+    "per_lr",
+]
 RANK = {state: i for i, state in enumerate(STATES)}
 ALARM_STATES = frozenset({"approaching", "unstable", "diverged"})
 NONFINITE_EVENTS = {"nonfinite_loss": "loss", "nonfinite_grad_norm": "gradient norm"}
@@ -62,82 +71,6 @@ def per_lr(update_norm: float | None, lr: float) -> float | None:
     """‖Δθ‖/η: the update's size with the LR's own rise or decay taken out (the plan and
     the crossing forecast speak for those), what the update-norm precursor follows."""
     return update_norm / lr if update_norm is not None and lr > 0 else None
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictorSettings:
-    """The rule's knobs; the defaults are the ones tuned in bench/predict (RESULTS.md)."""
-
-    horizon: int = 100
-    """A crossing this many steps ahead or nearer makes the job ``approaching``."""
-    margin: float = 1.5
-    """The forecast ratio, over max(1, sustained level), that counts as a crossing."""
-    sustained_window: int = 5
-    """Recent teaching estimates whose median ratio is the sustained level."""
-    trend_window: int = 4
-    """Recent estimates the sharpness trend (log-linear in steps) is fitted to."""
-    max_growth: float = 2.0
-    """Cap on how much the extrapolated sharpness may grow."""
-    settle_steps: int = 50
-    """Adam-type optimizers: preconditioned estimates before this many steps are left out
-    of the forecast (the second-moment estimate has not settled)."""
-    loss_excursion: float = 1.3
-    """Short loss average over its running minimum that means the job is unstable."""
-    damage: float = 1.3
-    """Loss over its best above which a job does not return to stable."""
-    loss_smoothing: float = 0.3
-    """Weight of the newest loss (and precursor value) in the short averages."""
-    noise_band: float = 1.0
-    """The loss's noise (mean absolute deviation of its log) times this widens the
-    excursion and damage thresholds (``precursors.LossHealth``)."""
-    direction_margin: float = math.inf
-    """Like ``margin``, for the curvature along the last update (Bai et al. 2025, arXiv
-    2506.04805), one HVP per sharpness estimate; inf: off."""
-    critical_margin: float = math.inf
-    """Like ``margin``, for the critical sharpness η·λ_c/2 = η/η_c along the last update
-    (Kalra et al. 2026, arXiv 2601.16979), forward passes only; inf: off."""
-    grad_excursion: float = math.inf
-    """Gradient norm over its baseline that makes the job ``approaching`` (inf: off)."""
-    update_excursion: float = math.inf
-    """Update norm per unit LR over its baseline that makes the job ``approaching``
-    (inf: off)."""
-    moment_excursion: float = math.inf
-    """Adam's moment ratio over its baseline that makes the job ``approaching`` (inf: off)."""
-    baseline_rate: float = 0.02
-    """Weight of the newest value in the slow averages (the loss's and the precursors')."""
-    persist: int = 2
-    """Steps in a row a precursor must be over its threshold."""
-    warm: int = 50
-    """Steps of history before a precursor may alarm."""
-    recover_steps: int = 50
-    """Quiet steps before an alarm state goes back to stable."""
-    safety: float = 0.8
-    """The recommended LR keeps the forecast ratio under safety × max(1, sustained level)."""
-    backoff: float = 0.5
-    """Without sharpness to go by, the recommended LR is backoff × the LR in force."""
-    lookahead: int = 2_000
-    """Steps of the plan searched for a crossing (every step over twice the horizon, then
-    every 10th: what a forecast costs, about 1 ms, at each estimate)."""
-
-
-DEFAULT_SETTINGS = PredictorSettings()
-
-
-@dataclasses.dataclass(frozen=True)
-class Alert:
-    """One state change, as stored and served by ``/api/jobs/{job_id}/alerts``."""
-
-    step: int
-    state: State
-    steps_to_instability: float
-    """math.inf when no crossing is forecast."""
-    steps_low: float
-    steps_high: float
-    ratio: float | None
-    """The forecast stability ratio at the crossing (or the riskiest step of the horizon)."""
-    recommended_lr: float | None
-    recommended_warmup_steps: int
-    reason: str
 
 
 class JobForecast:

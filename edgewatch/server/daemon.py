@@ -19,8 +19,9 @@ import zmq
 from edgewatch.errors import ConfigError
 from edgewatch.server.analysis import rebuild
 from edgewatch.server.config import Settings, is_loopback
+from edgewatch.server.counters import DaemonCounters
 from edgewatch.server.http import ApiContext, make_http_server, serve_in_thread
-from edgewatch.server.ingest import DaemonCounters, Ingest
+from edgewatch.server.ingest import Ingest
 from edgewatch.server.metrics import make_registry
 from edgewatch.server.state import JobTable
 from edgewatch.server.store import Store

@@ -42,22 +42,13 @@ from edgewatch.schemas import (
 from edgewatch.server import rows, writer
 from edgewatch.server.analysis import RunAnalysis
 from edgewatch.server.config import Settings
+from edgewatch.server.counters import DaemonCounters, RateLimitedLog
 from edgewatch.server.security import CurveServer
 from edgewatch.server.state import JobState, JobTable
 from edgewatch.server.store import FrameWrite, JobProgress, Store
 from edgewatch.server.writer import CommitBatch
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class DaemonCounters:
-    """Daemon-wide counters exported on /metrics."""
-
-    records_ingested: int = 0
-    rejected: Counter[str] = dataclasses.field(default_factory=Counter)
-    ingest_lag_seconds: float = 0.0
-    commits: int = 0
 
 
 @dataclasses.dataclass
@@ -79,24 +70,6 @@ class _JobUpdate:
     step: Step | None = None
     sharpness: Sharpness | None = None
     end: JobEnd | None = None
-
-
-class _RateLimitedLog:
-    """One log line per reason per minute: hostile traffic must not flood the log."""
-
-    def __init__(self, period: float = 60.0) -> None:
-        self.period = period
-        self.last: dict[str, float] = {}
-
-    def warning(self, reason: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self.last.get(reason, -self.period) >= self.period:
-            self.last[reason] = now
-            log.warning(
-                message + " (further '%s' rejections are counted, logged once a minute)",
-                *args,
-                reason,
-            )
 
 
 class Ingest:
@@ -141,7 +114,7 @@ class Ingest:
         self._pending_rows = 0
         self._updates: dict[int, _JobUpdate] = {}
         self._deadline: float | None = None
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog()
         self.analyses: dict[int, RunAnalysis] = {}  # by job pk: the current run's forecast
         self.ready = threading.Event()
 

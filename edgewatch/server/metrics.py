@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edgewatch.monitor.forecast import STATES
-from edgewatch.server.ingest import DaemonCounters
+from edgewatch.server.counters import DaemonCounters
 from edgewatch.server.state import JobState, JobTable
 
 REJECT_REASONS = (
