@@ -112,6 +112,7 @@ def run(
                 budget=budget,
                 close_timeout=10.0,
                 probe_batch=setup.probe_batch,
+                step_signals=True,  # every candidate signal is recorded, to be measured
             )
             stack.enter_context(mon)
             monitors[key], result.jobs[key] = mon, job

@@ -24,7 +24,9 @@ def _train(
     optimizer = optimizer_for(model.parameters(), **kwargs)  # type: ignore[arg-type]
     x, y = torch.randn(64, 6), torch.randn(64, 1)
     moved = []
-    with edgewatch.attach(optimizer, model=model, job=job, endpoint=daemon.endpoint) as mon:
+    with edgewatch.attach(
+        optimizer, model=model, job=job, endpoint=daemon.endpoint, step_signals=True
+    ) as mon:
         for step in range(40):
             scale = 30.0 if step == 30 else 1.0  # one sudden, large gradient
             loss = torch.nn.functional.mse_loss(model(x), y) * scale

@@ -82,9 +82,12 @@ class Monitor:
       the end of backward, before any clipping (``client/gradnorm.py``). Turn it off where
       that norm is not the global one (FSDP shards) and pass ``mon.step(loss,
       grad_norm=...)`` with the norm you have.
-    - ``step_signals`` (True): after each optimizer step, the update norm and, for Adam-type
-      optimizers, the gradient over Adam's second-moment estimate (``client/signals.py``),
-      from the optimizer's state, without a sync.
+    - ``step_signals`` (False): after each optimizer step, the update norm and, for
+      Adam-type optimizers, the gradient over Adam's second-moment estimate
+      (``client/signals.py``), from the optimizer's state, without a sync. Off by
+      default: a few passes over the optimizer state cost ~3% of a small transformer's
+      CPU step (``make bench-client``), and neither signal added to the forecast on the
+      instability benchmark; the daemon's precursors that read them are off too.
     - ``critical_sharpness`` (False): also spend 30% of the curvature budget on the
       forward-only critical sharpness along the last update (``client/curvature.py``);
       off by default: on the instability benchmark it added nothing to the forecast.
@@ -108,7 +111,7 @@ class Monitor:
         probe_batch: int | None = None,
         grad_scaler: Any = None,
         hook_grad_norm: bool = True,
-        step_signals: bool = True,
+        step_signals: bool = False,
         critical_sharpness: bool = False,
         server_key: str | None = None,
         client_key: str | None = None,

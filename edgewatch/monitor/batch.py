@@ -141,7 +141,7 @@ def _loss_health(f: JobForecast, losses: list[float]) -> tuple[Any, Any, Any, An
     """LossHealth.update over the block: short and slow averages of log loss, the spread,
     the running minimum (math.log, as update() takes it)."""
     h = f.loss
-    x = np.array([math.log(v) for v in losses])
+    x = np.array(list(map(math.log, losses)))  # math.log: as update() takes it
     short = _ema(h.fast, x, h.short)
     mean = _ema(h.slow, x, h.mean)
     before = np.concatenate(([h.last], x[:-1]))

@@ -17,6 +17,9 @@ from typing import Any
 
 import msgspec
 
+# The forecast's block path (NumPy, SciPy) is loaded with the daemon, not by its first
+# frame (importing scipy.signal takes about a second).
+from edgewatch.monitor import batch as _batch  # noqa: F401
 from edgewatch.monitor.forecast import DEFAULT_SETTINGS, Alert, JobForecast, PredictorSettings
 from edgewatch.monitor.plan import LRPlan
 from edgewatch.schemas import CRITICAL_METHOD, AnyRecord, Event, Plan, Sharpness, Step
