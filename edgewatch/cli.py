@@ -369,3 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ApiError, ConfigError) as exc:
         print(f"edgewatch: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`edgewatch show job | head`): what it wanted was printed.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -117,6 +120,17 @@ def test_cli_jobs_and_show(served: Daemon, capsys: pytest.CaptureFixture[str]) -
 def test_cli_says_what_to_do_when_the_daemon_is_away(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["jobs", "--server", f"http://127.0.0.1:{free_port()}"]) == 2
     assert "is `edgewatch serve` running?" in capsys.readouterr().err
+
+
+def test_cli_piped_into_head_ends_quietly(daemon: Daemon) -> None:
+    run_toy("long-job", daemon.endpoint, 3000)  # ~200 kB of table: more than a pipe holds
+    command = [sys.executable, "-m", "edgewatch", "show", "long-job", "--steps", "3000"]
+    command += ["--server", daemon.http_url]
+    shown = subprocess.run(
+        f"{shlex.join(command)} | head -n 1", shell=True, capture_output=True, text=True
+    )
+    assert shown.stdout.startswith("job long-job")
+    assert shown.stderr == ""  # no BrokenPipeError traceback when head stops reading
 
 
 def test_cli_unknown_job(served: Daemon, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import DaemonFactory, http_json, metric
 from toy import warmup_past_the_edge
 
+import edgewatch
 from edgewatch.cli import main
 
 # A quadratic has none of a network's catapult headroom: the forecast alarms at its limit.
@@ -116,3 +118,49 @@ def test_a_finished_job_keeps_its_final_state_across_a_restart(
     assert after["analysis"]["reason"] == last_alert["reason"]  # the last alert's words
     assert after["analysis"]["recommended_lr"] == before["analysis"]["recommended_lr"]
     assert metric(second, "edgewatch_state", job_id="ended", state="diverged") == 1.0
+    # The last readings are the stored ones; what only a replay would know is unknown, not
+    # a default that contradicts the reason text.
+    for key in ("lr", "sharpness", "sharpness_step", "stability_threshold"):
+        assert after[key] is not None and after[key] == pytest.approx(before[key]), key
+    assert after["grad_norm"] == before["grad_norm"]  # null: it overflowed at the end
+    assert after["analysis"]["alarm_ratio"] is None
+
+
+def adamw_regression(daemon_endpoint: str, job: str, lr: float, steps: int) -> list[float]:
+    """A ReLU MLP regressed with AdamW at ``lr`` through the real client, sharpness on."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    x = torch.randn(256, 8)
+    y = x @ torch.randn(8, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def probe() -> torch.Tensor:
+        return torch.nn.functional.mse_loss(model(x[:64]), y[:64])
+
+    losses = []
+    with edgewatch.attach(
+        optimizer, model, job=job, endpoint=daemon_endpoint, probe=probe, total_steps=steps
+    ) as mon:
+        for _ in range(steps):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            mon.step(loss)
+            losses.append(float(loss.detach()))
+    return losses
+
+
+def test_a_too_hot_start_is_caught_by_step_3_and_a_healthy_one_raises_nothing(
+    make_daemon: DaemonFactory,
+) -> None:
+    daemon = make_daemon()
+    hot = adamw_regression(daemon.endpoint, "too-hot", lr=3.0, steps=20)
+    assert hot[1] > 100 * hot[0]  # the loss explodes at the first update
+    alerts = http_json(daemon.http_url + "/api/jobs/too-hot/alerts")
+    assert alerts and alerts[0]["step"] <= 3
+    assert alerts[0]["state"] in ("unstable", "diverged")
+    # Adam's unsettled first steps hold back the curvature alarm, not the loss's evidence.
+    healthy = adamw_regression(daemon.endpoint, "healthy", lr=1e-2, steps=200)
+    assert healthy[-1] < 0.1 * healthy[0]
+    assert http_json(daemon.http_url + "/api/jobs/healthy/alerts") == []

@@ -44,12 +44,21 @@ def test_attach_signature_is_the_documented_one() -> None:
 
 
 def test_daemon_schemas_and_float_math_import_without_torch() -> None:
+    # A finder that refuses torch, as on a machine without it. (Setting sys.modules['torch']
+    # to None would also make 'import torch' fail, but it leaves a None entry that libraries
+    # probing sys.modules for array types, like scipy, read as a module.)
     code = (
-        "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now fails
+        "import sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
         "import edgewatch, edgewatch.server, edgewatch.schemas, edgewatch.monitor, edgewatch.cli\n"
         "from edgewatch.server.daemon import Daemon\n"
         "assert edgewatch.monitor.gd_threshold(0.1) == 20.0\n"
         "assert edgewatch.monitor.JobForecast({'kind': 'SGD'}).state == 'stable'\n"
+        "assert 'torch' not in sys.modules\n"
         "print('ok')"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

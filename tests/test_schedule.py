@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -63,6 +64,46 @@ def test_a_function_is_a_schedule_too() -> None:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     planned = PlanSource(lambda step: 0.1 * (step + 1), optimizer).snapshot(10).lrs(5)
     assert planned == pytest.approx([1.1, 1.2, 1.3, 1.4, 1.5])
+
+
+def nanogpt_get_lr(it: int) -> float:
+    """nanoGPT's schedule for a 120-step run: it divides by zero past lr_decay_iters."""
+    warmup_iters, lr_decay_iters, learning_rate, min_lr = 10, 120, 1e-3, 1e-4
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    assert 0 <= decay_ratio <= 1
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
+    return min_lr + coeff * (learning_rate - min_lr) + 0 / (lr_decay_iters - it)
+
+
+def test_a_schedule_that_raises_past_the_run_plans_up_to_it(
+    daemon: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([param], lr=1e-3)
+    with edgewatch.attach(
+        optimizer, job="nanogpt-lr", endpoint=daemon.endpoint, scheduler=nanogpt_get_lr
+    ) as mon:
+        for it in range(100):
+            for group in optimizer.param_groups:
+                group["lr"] = nanogpt_get_lr(it)
+            param.grad = torch.ones(2)
+            optimizer.step()
+            mon.step(1.0)
+            time.sleep(0.002)
+    warnings = [r.getMessage() for r in caplog.records if "LR schedule" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # said once, not at every replan
+    assert "function nanogpt_get_lr" in warnings[0] and "ZeroDivisionError" in warnings[0]
+    assert "ends at step 119" in warnings[0]
+    job = http_json(daemon.http_url + "/api/jobs/nanogpt-lr")
+    assert job["analysis"]["planned_lr"] is True
+    plans = [
+        row[1]
+        for row in daemon.store.run_records(job_pk(daemon, "nanogpt-lr"), job["run"])
+        if row[0] == "events" and row[1]["kind"] == "lr_plan"
+    ]
+    assert len(plans) == 1  # the plan reaches the run's end: nothing to plan again
 
 
 def test_reduce_on_plateau_has_no_plan_and_a_wrong_type_is_refused() -> None:

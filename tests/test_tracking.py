@@ -102,6 +102,30 @@ def test_an_estimate_spans_slices_of_at_most_hvps_per_step() -> None:
     assert math.isnan(cold.update_curvature)  # no optimizer: no direction
 
 
+def test_a_probe_with_dropout_sees_one_mask_per_estimate_and_converges() -> None:
+    # Each slice runs the probe again; a new dropout mask in each would make every slice
+    # work on another operator, and the estimate would run to max_hvps unconverged.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 32), torch.nn.Tanh(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 1)
+    )
+    model.train()
+    x, y = torch.randn(64, 6), torch.randn(64, 1)
+    tracker = SharpnessTracker(
+        model, lambda: torch.nn.functional.mse_loss(model(x), y), hvps_per_step=2, seed=1
+    )
+    estimates = []
+    while len(estimates) < 3:
+        torch.randint(0, 64, (16,))  # the training step between slices draws from torch's RNG
+        est = tracker.advance()
+        if est is not None:
+            estimates.append(est)
+    for est in estimates:
+        assert est.converged and est.matvecs < tracker.max_hvps
+    # A new mask for each estimate (an average over masks as time goes), one within it.
+    assert max(e.matvecs for e in estimates[1:]) < estimates[0].matvecs
+
+
 def test_warm_estimates_follow_a_moving_spectrum_within_one_percent() -> None:
     # Exact operators: the top eigenvalue drifts and the spectrum below moves.
     tracker_params = [torch.zeros(120, dtype=torch.float64, requires_grad=True)]

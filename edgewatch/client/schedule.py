@@ -38,11 +38,23 @@ class Lookahead:
     source: str
     _next: Callable[[], float]
     _current: float
+    _source: PlanSource | None = None
+    ended: bool = False
+    """The schedule raised before ``count`` LRs: the plan ends where it stopped."""
 
     def lrs(self, count: int = PLAN_STEPS) -> list[float]:
+        """The next ``count`` LRs, or fewer where the schedule raises: a function written
+        for the run's length (nanoGPT's ``get_lr`` divides by zero past ``lr_decay_iters``)
+        plans up to the run's end, not nothing."""
         out = [self._current]
         for _ in range(count - 1):
-            out.append(self._next())
+            try:
+                out.append(self._next())
+            except Exception as exc:
+                self.ended = True
+                if self._source is not None:
+                    self._source.ended_at(self.first_step + len(out), exc)
+                break
         return out
 
 
@@ -74,7 +86,12 @@ class PlanSource:
         self.scheduler = scheduler
         self.optimizer = optimizer
         self.is_function = callable(scheduler) and not hasattr(scheduler, "state_dict")
-        self.source = "function" if self.is_function else type(scheduler).__name__
+        self.source = (
+            f"function {getattr(scheduler, '__name__', type(scheduler).__name__)}"
+            if self.is_function
+            else type(scheduler).__name__
+        )
+        self._told_end = False
 
     @classmethod
     def create(cls, scheduler: Any, optimizer: torch.optim.Optimizer) -> PlanSource | None:
@@ -97,7 +114,11 @@ class PlanSource:
             fn = self.scheduler
             counter = iter(range(first_step + 1, first_step + 10 * PLAN_STEPS))
             return Lookahead(
-                first_step, self.source, lambda: float(fn(next(counter))), float(fn(first_step))
+                first_step,
+                self.source,
+                lambda: float(fn(next(counter))),
+                float(fn(first_step)),
+                self,
             )
         stand_in = _StandIn(self.optimizer)
         clone = copy.deepcopy(self.scheduler, memo={id(self.optimizer): stand_in})
@@ -107,4 +128,18 @@ class PlanSource:
             clone.step()
             return float(group["lr"])
 
-        return Lookahead(first_step, self.source, advance, float(group["lr"]))
+        return Lookahead(first_step, self.source, advance, float(group["lr"]), self)
+
+    def ended_at(self, step: int, exc: Exception) -> None:
+        """Say once that the schedule raised when stepped ahead to ``step``. Sender thread."""
+        if not self._told_end:
+            self._told_end = True
+            log.warning(
+                "edgewatch: the LR schedule (%s) raised %s: %s when looked ahead to step %d; "
+                "the LR plan sent ends at step %d (past the run's end, this is expected)",
+                self.source,
+                type(exc).__name__,
+                exc,
+                step,
+                step - 1,
+            )

@@ -148,6 +148,7 @@ class Sender(threading.Thread):
         self.connected = False
         self.stability_ratio: float | None = None  # the daemon's view, from its last Ack
         self.plan: LRPlan | None = None  # the LR plan sent last
+        self.plan_ends_run = False  # the schedule raised past the plan's end
         self.replan_wanted = True  # read by the training thread: send a (new) plan
         self.plan_pending = False  # set by the training thread until the plan is framed
         self._seq = 0
@@ -277,6 +278,7 @@ class Sender(threading.Thread):
     def _plan(self, lookahead: Lookahead) -> Plan:
         plan = compress(lookahead.first_step, lookahead.lrs())
         self.plan, self.plan_pending = plan, False
+        self.plan_ends_run = lookahead.ended  # the schedule stops there: no plan goes further
         return Plan(
             job=self.job,
             run=self.run_id,
@@ -293,7 +295,8 @@ class Sender(threading.Thread):
         plan, step, lr = self.plan, row[0], float(row[2][0])
         if plan is None or self.replan_wanted or self.plan_pending:
             return  # a new plan is on its way: these rows are judged against it
-        if step >= plan.end - REPLAN_BEFORE_END or lr_moved(lr, plan.at(step)):
+        running_out = not self.plan_ends_run and step >= plan.end - REPLAN_BEFORE_END
+        if running_out or lr_moved(lr, plan.at(step)):
             self.replan_wanted = True
 
     def _steps(self, chunk: StepChunk) -> list[AnyRecord]:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from edgewatch.monitor.forecast import Alert, JobForecast
 
 MIN_BLOCK = 16  # shorter blocks go one step at a time (arrays cost more than they save)
+MAX_BACKOFF = 64  # at most this many scalar steps between two tries of the block path
 
 
 class StepLike(Protocol):
@@ -50,12 +51,28 @@ class StepLike(Protocol):
 
 
 def observe_steps(forecast: JobForecast, records: Sequence[StepLike]) -> list[Alert]:
-    """Feed ``records`` (in sequence order) as ``observe_step`` would, one by one."""
+    """Feed ``records`` (in sequence order) as ``observe_step`` would, one by one.
+
+    The cost stays O(1) per record however the steps go: a block is tried on a window
+    that doubles while all of it is quiet; after a step that was not quiet, the next
+    try looks at MIN_BLOCK records again, and where tries keep finding nothing quiet
+    (a job that stays unstable, a crossing within the horizon) they back off, up to
+    MAX_BACKOFF scalar steps between tries."""
     alerts: list[Alert] = []
     i, n = 0, len(records)
+    window, backoff, wait = MIN_BLOCK, 0, 0
     while i < n:
-        quiet = _quiet_prefix(forecast, records, i) if n - i >= MIN_BLOCK else 0
-        i += quiet
+        if wait == 0 and n - i >= MIN_BLOCK:
+            quiet = _quiet_prefix(forecast, records, i, i + window)
+            i += quiet
+            if quiet == window:  # all quiet so far: look further at once
+                window *= 2
+                continue
+            window = MIN_BLOCK
+            backoff = 0 if quiet else min(max(1, 2 * backoff), MAX_BACKOFF)
+            wait = backoff
+        elif wait:
+            wait -= 1
         if i < n:  # the step where something may happen: the scalar path decides
             r = records[i]
             alert = forecast.observe_step(
@@ -67,17 +84,16 @@ def observe_steps(forecast: JobForecast, records: Sequence[StepLike]) -> list[Al
     return alerts
 
 
-def _quiet_prefix(f: JobForecast, records: Sequence[StepLike], start: int) -> int:
-    """Advance ``f`` over the longest run of records from ``start`` in which nothing but
+def _quiet_prefix(f: JobForecast, records: Sequence[StepLike], start: int, end: int) -> int:
+    """Advance ``f`` over the longest run of ``records[start:end]`` in which nothing but
     the running averages moves; returns how many records that was (0: none)."""
     with np.errstate(all="ignore"):  # overflow to inf is data, as in float arithmetic
-        return _advance_quietly(f, records, start)
+        return _advance_quietly(f, records[start:end])
 
 
-def _advance_quietly(f: JobForecast, records: Sequence[StepLike], start: int) -> int:
+def _advance_quietly(f: JobForecast, block: Sequence[StepLike]) -> int:
     from edgewatch.monitor.forecast import per_lr
 
-    block = records[start:]
     if f.state == "diverged" or f.loss.seen == 0:
         return 0
     losses = [r.loss for r in block]

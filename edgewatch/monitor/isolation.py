@@ -31,6 +31,16 @@ def private_generator(seed: int | None = None) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def seed_globals(seed: int, tensors: Sequence[torch.Tensor]) -> None:
+    """Seed torch's CPU generator and those of the CUDA devices ``tensors`` live on (only
+    those: their states are the ones ``rng_preserved`` puts back). Inside
+    ``rng_preserved`` only: a probe with dropout then draws the same masks in every slice
+    of one estimate, so that the slices work on one operator, not a new one each step."""
+    torch.default_generator.manual_seed(seed)
+    for index in _cuda_devices(tensors):
+        torch.cuda.default_generators[index].manual_seed(seed)
+
+
 def _cuda_devices(tensors: Sequence[torch.Tensor]) -> list[int]:
     devices = set()
     for t in tensors:

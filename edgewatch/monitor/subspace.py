@@ -19,6 +19,10 @@ import math
 
 import torch
 
+KEEP = 1e-2
+"""An old vector joins the merged basis only where at least this fraction of its norm
+lies outside the new slice's span."""
+
 
 class RitzSubspace:
     """An orthonormal basis (n, m ≤ size) and its products, sorted by Ritz value."""
@@ -46,12 +50,20 @@ class RitzSubspace:
             rest_products = self.products - products @ overlap
             gram = (rest.T @ rest).double()  # (m, m)
             weights, directions = torch.linalg.eigh(gram)
-            keep = weights > 1e-8  # directions the new slice did not already span
+            # Directions the new slice did not already span, by more than rounding: the
+            # Gram of float32 vectors carries noise near 1e-7, and whitening a direction
+            # that small multiplies noise by thousands, merge after merge, up to inf.
+            keep = weights > KEEP**2
             whiten = (directions[:, keep] / weights[keep].sqrt()).to(basis.dtype)
             merged = torch.cat([basis, rest @ whiten], dim=1)
             merged_products = torch.cat([products, rest_products @ whiten], dim=1)
         projected = (merged.T @ merged_products).double()  # (m, m)
         projected = 0.5 * (projected + projected.T)  # mixed operators: symmetrise
+        if not bool(torch.isfinite(projected).all()):
+            # Products that overflowed (a run blowing up): the slice alone steers.
+            merged, merged_products = basis, products
+            projected = (merged.T @ merged_products).double()
+            projected = torch.nan_to_num(0.5 * (projected + projected.T))
         values, vectors = torch.linalg.eigh(projected)  # ascending
         top = vectors[:, -self.size :].to(merged.dtype)
         self.basis = merged @ top

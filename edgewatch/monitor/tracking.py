@@ -46,7 +46,7 @@ from edgewatch.monitor.curvature import (
 from edgewatch.monitor.direction import update_direction
 from edgewatch.monitor.eigen import COLD_EXPLORE, LanczosRun, lanczos
 from edgewatch.monitor.hvp import HessianOperator, flat_params
-from edgewatch.monitor.isolation import private_generator, untouched
+from edgewatch.monitor.isolation import private_generator, seed_globals, untouched
 from edgewatch.monitor.subspace import RitzSubspace
 
 TOL = 3e-3
@@ -86,6 +86,7 @@ class _Progress:
     matvecs: int = 0
     slices: int = 0
     since: int = 0  # matvecs when this (re)start began
+    probe_seed: int = 0  # the global generators' seed in every slice: same dropout masks
 
 
 class SharpnessTracker:
@@ -131,7 +132,10 @@ class SharpnessTracker:
         self.hvps_per_step = hvps_per_step
         self.max_hvps = max_hvps
         self.restart = restart
-        self.generator = private_generator(seed)
+        self.generator = private_generator(seed)  # start vectors
+        # The probe's seeds come from a generator of their own: the start vectors drawn
+        # for a given ``seed`` stay what they were without it.
+        self.probe_seeds = private_generator(None if seed is None else seed + 1)
         self.hvps_total = 0
         self.estimates = 0  # started
         self.last: TrackedEstimate | None = None
@@ -150,6 +154,7 @@ class SharpnessTracker:
             self._progress = self._begin()
         progress = self._progress
         with untouched(self.module, self.params):
+            seed_globals(progress.probe_seed, self.params)
             scale = preconditioner_scale(self.optimizer, self.params)
             operator = HessianOperator(self.params, self.probe, scale)
             budget = min(self.hvps_per_step, self.max_hvps - progress.matvecs)
@@ -179,9 +184,12 @@ class SharpnessTracker:
 
     def _begin(self) -> _Progress:
         self.estimates += 1
+        seed = int(torch.randint(2**62, (), generator=self.probe_seeds))
         if self.last is None:  # the first estimate: cold
-            return _Progress(self._random(), None, True, RitzSubspace(SUBSPACE))
-        warm = _Progress(self.last.vector, self._gap, False, RitzSubspace(SUBSPACE))
+            return _Progress(self._random(), None, True, RitzSubspace(SUBSPACE), probe_seed=seed)
+        warm = _Progress(
+            self.last.vector, self._gap, False, RitzSubspace(SUBSPACE), probe_seed=seed
+        )
         if REFRESH and self.estimates % REFRESH == 0:
             return self._restarted(warm)
         return warm
@@ -205,7 +213,9 @@ class SharpnessTracker:
         vector = vector / torch.linalg.vector_norm(vector)
         subspace = RitzSubspace(SUBSPACE)
         spent = progress.matvecs
-        return _Progress(vector, None, True, subspace, spent, progress.slices, spent)
+        return _Progress(
+            vector, None, True, subspace, spent, progress.slices, spent, progress.probe_seed
+        )
 
     def _suspect(self, run: LanczosRun, progress: _Progress) -> bool:
         """A warm estimate that dropped by more than JUMP: maybe a former top vector."""

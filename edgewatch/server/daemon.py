@@ -63,9 +63,9 @@ class Daemon:
         last = self.store.last_alerts()
         for state in self.jobs.snapshot():
             if state.status != "running":
-                if state.pk in last:
-                    state.end_with(last[state.pk])
-                    self.jobs.put(state)
+                step, sharpness = self.store.last_readings(state.pk, state.run)
+                state.restore(step, sharpness, last.get(state.pk))
+                self.jobs.put(state)
                 continue
             analysis = rebuild(
                 self.store,

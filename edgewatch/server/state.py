@@ -47,7 +47,8 @@ class JobState:
     steps_to_instability: float = math.inf
     recommended_lr: float | None = None
     recommended_warmup_steps: int = 0
-    alarm_ratio: float = 1.0
+    alarm_ratio: float | None = 1.0
+    """None for a finished job restored after a restart: only a replay would know it."""
     sustained_level: float | None = None
     forecast_reason: str = "no sharpness yet"
     planned_lr: bool = False
@@ -140,8 +141,25 @@ class JobState:
             },
         }
 
-    def end_with(self, alert: dict[str, Any]) -> None:
-        """A finished job's analysis as its last alert left it (no replay)."""
+    def restore(
+        self,
+        step: dict[str, Any] | None,
+        sharpness: dict[str, Any] | None,
+        alert: dict[str, Any] | None,
+    ) -> None:
+        """A finished job as it ended, from its stored rows (no replay): the last step's
+        readings, the last estimate, and the analysis as its last alert left it. What only
+        a replay would know (the alarm ratio, the sustained level) is shown as unknown."""
+        if step is not None:
+            self.lr, self.grad_norm = step["lr"], step["grad_norm"]
+        if sharpness is not None:
+            self.sharpness, self.sharpness_step = sharpness["value"], sharpness["step"]
+            self.preconditioned = sharpness["preconditioned"]
+        self.alarm_ratio = None
+        self.sustained_level = None
+        if alert is None:
+            self.forecast_reason = "finished without an alert"
+            return
         self.state = alert["state"]
         self.steps_to_instability = (
             math.inf if alert["steps_to_instability"] is None else alert["steps_to_instability"]

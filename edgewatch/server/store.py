@@ -20,7 +20,7 @@ from sqlalchemy import Engine, create_engine, event, func, select, update
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from edgewatch.errors import ConfigError
-from edgewatch.schemas import JobEnd, JobStart
+from edgewatch.schemas import CRITICAL_METHOD, JobEnd, JobStart
 from edgewatch.server.bulk import BulkInsert
 from edgewatch.server.tables import (
     INSERT_COLUMNS,
@@ -241,6 +241,22 @@ class Store:
         )
         with self.engine.connect() as conn:
             return {r.job_pk: dict(r._mapping) for r in conn.execute(query)}
+
+    def last_readings(
+        self, job_pk: int, run: int
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The newest step and the newest estimate of λ_max (not a critical sharpness) of
+        one run: what a finished job showed last, restored after a restart without replay.
+        Both by the primary key, newest sequence number first."""
+        found: list[dict[str, Any] | None] = []
+        with self.engine.connect() as conn:
+            for t in (StepRow.__table__, SharpnessRow.__table__):
+                query = select(t).where(t.c.job_pk == job_pk, t.c.run == run)
+                if t is SharpnessRow.__table__:
+                    query = query.where(t.c.method != CRITICAL_METHOD)
+                row = conn.execute(query.order_by(t.c.seq.desc()).limit(1)).first()
+                found.append(None if row is None else dict(row._mapping))
+        return found[0], found[1]
 
     def run_records(self, job_pk: int, run: int) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every stored record of one run as (table, row), in the client's sequence order:
