@@ -213,7 +213,8 @@ def spending(results: list[RunResult], key: str) -> list[str]:
     steps = sum(len(r.label_loss) for r in results)
     return [
         f"Budget {key}: curvature took a median {statistics.median(shares):.1%} of a run's "
-        f"training time (max {max(shares):.1%}; the first, cold estimate of each run is "
-        f"outside the budget), over {steps} steps in all.",
+        f"training time (max {max(shares):.1%}; the first, cold estimate is charged too, "
+        f"and on runs of a few hundred steps it weighs more than the budget), over {steps} "
+        "steps in all.",
         "",
     ]
