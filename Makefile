@@ -52,8 +52,9 @@ clean:
 bench-curvature: $(DEV)
 	$(PY) bench/curvature.py
 
-# The instability zoo: ~190 small CPU training runs through client and daemon, scored
-# against the baselines (about 6 minutes on 2 cores); report in bench/out/predict.md.
+# The instability benchmark: 101 small CPU training runs in five families through client
+# and daemon, scored leaving one family out against the baselines, with an intervention
+# track (about 25 minutes on 2 cores); report in bench/out/predict.md.
 bench-predict: $(DEV)
 	cd bench && ../$(PY) predict.py
 
