@@ -124,6 +124,7 @@ def test_a_finished_job_keeps_its_final_state_across_a_restart(
         assert after[key] is not None and after[key] == pytest.approx(before[key]), key
     assert after["grad_norm"] == before["grad_norm"]  # null: it overflowed at the end
     assert after["analysis"]["alarm_ratio"] is None
+    assert after["analysis"]["planned_lr"] is before["analysis"]["planned_lr"] is True
 
 
 def adamw_regression(daemon_endpoint: str, job: str, lr: float, steps: int) -> list[float]:

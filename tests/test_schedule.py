@@ -67,7 +67,8 @@ def test_a_function_is_a_schedule_too() -> None:
 
 
 def nanogpt_get_lr(it: int) -> float:
-    """nanoGPT's schedule for a 120-step run: it divides by zero past lr_decay_iters."""
+    """A get_lr in nanoGPT's style for a 120-step run, without nanoGPT's guard for
+    it > lr_decay_iters: it divides by zero at 120 and fails its assert after."""
     warmup_iters, lr_decay_iters, learning_rate, min_lr = 10, 120, 1e-3, 1e-4
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)

@@ -114,8 +114,10 @@ class SharpnessTracker:
         seed: int | None = None,
         restart: Literal["neighbourhood", "random"] = "neighbourhood",
     ) -> None:
-        if hvps_per_step < 1:
-            raise ValueError(f"hvps_per_step must be >= 1, got {hvps_per_step}")
+        if hvps_per_step < 2:
+            # One HVP a slice gives each slice a one-vector Krylov space: the subspace
+            # restart then only ever sees the start vectors and never converges.
+            raise ValueError(f"hvps_per_step must be >= 2, got {hvps_per_step}")
         if max_hvps < hvps_per_step:
             raise ValueError(f"max_hvps ({max_hvps}) must be >= hvps_per_step ({hvps_per_step})")
         if not tol > 0:

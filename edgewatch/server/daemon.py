@@ -65,6 +65,7 @@ class Daemon:
             if state.status != "running":
                 step, sharpness = self.store.last_readings(state.pk, state.run)
                 state.restore(step, sharpness, last.get(state.pk))
+                state.planned_lr = self.store.had_plan(state.pk, state.run)
                 self.jobs.put(state)
                 continue
             analysis = rebuild(

@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from edgewatch.errors import ConfigError
 from edgewatch.schemas import CRITICAL_METHOD, JobEnd, JobStart
 from edgewatch.server.bulk import BulkInsert
+from edgewatch.server.rows import PLAN_EVENT
 from edgewatch.server.tables import (
     INSERT_COLUMNS,
     RECORD_TABLES,
@@ -257,6 +258,13 @@ class Store:
                 row = conn.execute(query.order_by(t.c.seq.desc()).limit(1)).first()
                 found.append(None if row is None else dict(row._mapping))
         return found[0], found[1]
+
+    def had_plan(self, job_pk: int, run: int) -> bool:
+        """Whether the run sent an LR plan (a finished job's ``planned_lr`` after restart)."""
+        t = EventRow.__table__
+        query = select(t.c.seq).where(t.c.job_pk == job_pk, t.c.run == run, t.c.kind == PLAN_EVENT)
+        with self.engine.connect() as conn:
+            return conn.execute(query.limit(1)).first() is not None
 
     def run_records(self, job_pk: int, run: int) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every stored record of one run as (table, row), in the client's sequence order:
