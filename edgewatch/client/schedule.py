@@ -38,22 +38,22 @@ class Lookahead:
     source: str
     _next: Callable[[], float]
     _current: float
-    _source: PlanSource | None = None
+    _report_end: Callable[[int, Exception], None] | None = None
     ended: bool = False
     """The schedule raised before ``count`` LRs: the plan ends where it stopped."""
 
     def lrs(self, count: int = PLAN_STEPS) -> list[float]:
         """The next ``count`` LRs, or fewer where the schedule raises: a function written
-        for the run's length (nanoGPT's ``get_lr`` divides by zero past ``lr_decay_iters``)
-        plans up to the run's end, not nothing."""
+        for the run's length (a nanoGPT-style ``get_lr`` without its guard past
+        ``lr_decay_iters`` divides by zero there) plans up to the run's end, not nothing."""
         out = [self._current]
         for _ in range(count - 1):
             try:
                 out.append(self._next())
             except Exception as exc:
                 self.ended = True
-                if self._source is not None:
-                    self._source.ended_at(self.first_step + len(out), exc)
+                if self._report_end is not None:
+                    self._report_end(self.first_step + len(out), exc)
                 break
         return out
 
@@ -118,7 +118,7 @@ class PlanSource:
                 self.source,
                 lambda: float(fn(next(counter))),
                 float(fn(first_step)),
-                self,
+                self.ended_at,
             )
         stand_in = _StandIn(self.optimizer)
         clone = copy.deepcopy(self.scheduler, memo={id(self.optimizer): stand_in})
@@ -128,7 +128,7 @@ class PlanSource:
             clone.step()
             return float(group["lr"])
 
-        return Lookahead(first_step, self.source, advance, float(group["lr"]), self)
+        return Lookahead(first_step, self.source, advance, float(group["lr"]), self.ended_at)
 
     def ended_at(self, step: int, exc: Exception) -> None:
         """Say once that the schedule raised when stepped ahead to ``step``. Sender thread."""

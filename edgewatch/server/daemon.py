@@ -64,8 +64,8 @@ class Daemon:
         for state in self.jobs.snapshot():
             if state.status != "running":
                 step, sharpness = self.store.last_readings(state.pk, state.run)
-                state.restore(step, sharpness, last.get(state.pk))
-                state.planned_lr = self.store.had_plan(state.pk, state.run)
+                planned = self.store.had_plan(state.pk, state.run)
+                state.restore(step, sharpness, last.get(state.pk), planned)
                 self.jobs.put(state)
                 continue
             analysis = rebuild(

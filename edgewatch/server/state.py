@@ -146,10 +146,13 @@ class JobState:
         step: dict[str, Any] | None,
         sharpness: dict[str, Any] | None,
         alert: dict[str, Any] | None,
+        planned: bool,
     ) -> None:
         """A finished job as it ended, from its stored rows (no replay): the last step's
-        readings, the last estimate, and the analysis as its last alert left it. What only
-        a replay would know (the alarm ratio, the sustained level) is shown as unknown."""
+        readings, the last estimate, whether it sent an LR plan, and the analysis as its
+        last alert left it. What only a replay would know (the alarm ratio, the sustained
+        level) is shown as unknown."""
+        self.planned_lr = planned
         if step is not None:
             self.lr, self.grad_norm = step["lr"], step["grad_norm"]
         if sharpness is not None:
