@@ -15,7 +15,7 @@ training loop never sees an exception from edgewatch.
 from __future__ import annotations
 
 import logging
-import random
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -145,7 +145,10 @@ class Monitor:
         # Under torchrun every rank runs this line; by default rank 0 alone reports.
         self.enabled = all_ranks or identity["rank"] == 0
         self._off = not self.enabled  # one test on the hot path: disabled or closed
-        self.run = random.getrandbits(62)
+        # The run id is drawn from the OS, never from the user's RNG: a seeded re-run must
+        # be a new run (the same id would make the daemon take its records for resends),
+        # and drawing from ``random`` would change the run being watched.
+        self.run = secrets.randbits(62)
         self._backward_norm: BackwardGradNorm | None = None
         if self.enabled and hook_grad_norm:
             self._backward_norm = BackwardGradNorm(self._params, grad_scaler)

@@ -28,6 +28,7 @@ from edgewatch.client.schedule import REPLAN_BEFORE_END, Lookahead
 from edgewatch.client.spool import Spool, orphans
 from edgewatch.monitor.plan import LRPlan, compress, lr_moved
 from edgewatch.schemas import (
+    RUN_CONFLICT,
     Ack,
     AnyRecord,
     Batch,
@@ -160,6 +161,7 @@ class Sender(threading.Thread):
         self._close_deadline = 0.0
         self._finish_asked = 0.0
         self._logged: set[str] = set()
+        self.refused: str | None = None  # why the daemon refused this run, once it has
 
     # -- training thread side ---------------------------------------------------------
 
@@ -250,6 +252,11 @@ class Sender(threading.Thread):
     def _frame_inbox(self) -> None:
         while self.inbox:
             self._unsent.append(self.inbox.popleft())
+        if self.refused is not None:  # this run is not the daemon's to store: count, drop
+            for item in self._unsent:
+                self.stats.rejected += len(item.rows) if isinstance(item, StepChunk) else 1
+            self._unsent.clear()
+            return
         records: list[AnyRecord] = []
         # Records keep their order: a chunk whose device values are still in flight
         # holds back everything behind it.
@@ -484,11 +491,32 @@ class Sender(threading.Thread):
                             reply.reason,
                             f"daemon refused {reply.rejected} record(s): {reply.reason}",
                         )
+                case Nack() if reply.reason == RUN_CONFLICT:
+                    self.stats.rejected += frame.records
+                    self._refuse_run(reply.detail)
                 case Nack():
                     self.stats.rejected += frame.records
                     self._note(
                         reply.reason, f"daemon refused a frame: {reply.reason} {reply.detail}"
                     )
+
+    def _refuse_run(self, detail: str) -> None:
+        """The daemon holds this (job, run) from another process: whatever this run sent
+        would be taken for resends of that one's records and not stored. Send nothing more,
+        and say so loudly: the records of this run are not being kept."""
+        self.refused = detail or RUN_CONFLICT
+        for frame in self._frames.values():
+            self.stats.rejected += frame.records
+        self._frames.clear()
+        self._buffered = 0
+        self._start_record = None
+        log.error(
+            "edgewatch: the daemon refused run %d of job %r (%s); nothing of this run is "
+            "stored. Attach again (a new run id is drawn) or use another job name.",
+            self.run_id,
+            self.job,
+            self.refused,
+        )
 
     def _restart_job(self, frame_id: int | None) -> None:
         """The daemon does not know this job (a new database, or a start lost on the way):

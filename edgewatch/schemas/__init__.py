@@ -4,6 +4,7 @@ from edgewatch.schemas.codec import decode_batch, decode_reply, encode, json_sch
 from edgewatch.schemas.records import (
     CRITICAL_METHOD,
     PROTOCOL_VERSION,
+    RUN_CONFLICT,
     SUPPORTED_PROTOCOLS,
     Ack,
     AnyRecord,
@@ -23,6 +24,7 @@ from edgewatch.schemas.records import (
 __all__ = [
     "CRITICAL_METHOD",
     "PROTOCOL_VERSION",
+    "RUN_CONFLICT",
     "SUPPORTED_PROTOCOLS",
     "Ack",
     "AnyRecord",

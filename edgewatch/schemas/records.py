@@ -178,6 +178,11 @@ class Ack(msgspec.Struct, frozen=True, kw_only=True, tag="ack"):
     0.8 on."""
 
 
+RUN_CONFLICT = "run_conflict"
+"""The Nack reason for a JobStart whose (job, run) the daemon holds from another process
+(another host, pid or start time): storing it would take its records for resends."""
+
+
 class Nack(msgspec.Struct, frozen=True, kw_only=True, tag="nack"):
     """The whole frame was refused and will never be stored; resending it is pointless."""
 

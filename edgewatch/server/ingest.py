@@ -44,6 +44,7 @@ from edgewatch.server.analysis import RunAnalysis
 from edgewatch.server.config import Settings
 from edgewatch.server.counters import DaemonCounters, RateLimitedLog
 from edgewatch.server.security import CurveServer
+from edgewatch.server.starts import start_run
 from edgewatch.server.state import JobState, JobTable
 from edgewatch.server.store import FrameWrite, JobProgress, Store
 from edgewatch.server.writer import CommitBatch
@@ -195,6 +196,8 @@ class Ingest:
             return
         try:
             self._accept(identity, batch)
+        except FrameRejected as exc:  # a JobStart refused: the frame is not stored
+            self._reject(identity, batch.frame_id, exc)
         except (OperationalError, DBAPIError) as exc:
             # Only a job start writes here (see _accept); the frame stays unacknowledged
             # and the client sends it again once the database answers.
@@ -240,7 +243,7 @@ class Ingest:
                 analyse_block()  # the steps before this record, first
                 reason = rows.check_record(record, job, run)
                 if reason is None and isinstance(record, JobStart):
-                    state = self._start_job(record)
+                    state = start_run(record, self.store, self.jobs, self.analyses, self.settings)
                     pk = write.job_pk = state.pk
                     analysis = self.analyses.get(pk)
                     continue
@@ -295,28 +298,6 @@ class Ingest:
         self._pending_rows += write.rows
         if self._deadline is None:
             self._deadline = time.monotonic() + self.settings.commit_interval
-
-    def _start_job(self, start: JobStart) -> JobState:
-        current = self.jobs.get(start.job)
-        if current is not None and current.run == start.run and current.status == "running":
-            return current  # a resent JobStart
-        if (
-            current is not None
-            and current.run != start.run
-            and start.wall_time < current.started_at
-        ):
-            # An earlier run's JobStart arriving late (from a spool the next run sent on):
-            # its records are stored under their own run; the job stays on its latest.
-            return current
-        row = self.store.upsert_job(start)
-        state = JobState.from_row(row, time.time())
-        state.records = row["records"]
-        self.analyses[state.pk] = RunAnalysis(
-            state.pk, start.run, row["optimizer"], self.settings.predictor(), start.total_steps
-        )
-        self.jobs.put(state)
-        log.info("job %r started run %d (%s)", start.job, start.run, start.optimizer.kind)
-        return state
 
     # -- commit -----------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ REJECT_REASONS = (
     "job_mismatch",
     "invalid_value",
     "unknown_job",
+    "run_conflict",
     "store_error",
     "unauthorized",
     "handshake",

@@ -31,6 +31,7 @@ class JobState:
     """Daemon clock when the newest record arrived; drives expiry from /metrics."""
     world_size: int = 1
     host: str = ""
+    pid: int | None = None
     total_steps: int | None = None
     ended_at: float | None = None
     records: int = 0
@@ -72,6 +73,7 @@ class JobState:
             received_at=now,
             world_size=row["world_size"],
             host=row["host"],
+            pid=row.get("pid"),
             total_steps=row["total_steps"],
             ended_at=row["ended_at"],
             records=row["records"],

@@ -125,6 +125,7 @@ class Store:
             "rank": start.rank,
             "world_size": start.world_size,
             "host": start.host,
+            "pid": start.pid,
             "client_version": start.client_version,
             "torch_version": start.torch_version,
             "total_steps": start.total_steps,
@@ -258,6 +259,15 @@ class Store:
                 row = conn.execute(query.order_by(t.c.seq.desc()).limit(1)).first()
                 found.append(None if row is None else dict(row._mapping))
         return found[0], found[1]
+
+    def has_run(self, job_pk: int, run: int) -> bool:
+        """Whether any record of this run is stored (one seek per record table's key)."""
+        with self.engine.connect() as conn:
+            for t in (StepRow.__table__, SharpnessRow.__table__, EventRow.__table__):
+                query = select(t.c.seq).where(t.c.job_pk == job_pk, t.c.run == run).limit(1)
+                if conn.execute(query).first() is not None:
+                    return True
+        return False
 
     def had_plan(self, job_pk: int, run: int) -> bool:
         """Whether the run sent an LR plan (a finished job's ``planned_lr`` after restart)."""

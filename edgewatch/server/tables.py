@@ -37,6 +37,9 @@ class JobRow(Base):
     rank: Mapped[int] = mapped_column(Integer, default=0)
     world_size: Mapped[int] = mapped_column(Integer, default=1)
     host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """With ``host`` and ``started_at``, which process the current run is (a JobStart of
+    the same run from another process is refused: ``server/ingest.py``)."""
     client_version: Mapped[str] = mapped_column(String(64), default="")
     torch_version: Mapped[str] = mapped_column(String(64), default="")
     total_steps: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
