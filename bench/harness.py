@@ -5,10 +5,19 @@ each monitor is attached to the same optimizer (its own job, ``{spec.job}@{budge
 and the loop is the README's: ``loss.backward()``; clip if any; ``optimizer.step()``;
 ``scheduler.step()``; ``mon.step(loss)``; ``optimizer.zero_grad()``.
 
-Each monitor's budget is a share of wall time, and the other monitors' curvature work
-is no part of the run it watches; nor is the label loss this harness evaluates before
-every step. So each monitor is lent a clock (``mon.curvature.clock``) that leaves out
-the other monitors' curvature seconds and the label-loss seconds.
+The curvature clock. A monitor's budget is a share of the run's time; on a wall clock
+the schedule (which steps get an estimate) would depend on the machine's speed and its
+load, and so would every score (bench/RESULTS.md: figures moved between two machines).
+So each monitor is lent a clock (``CurvatureSchedule.use_clock``) that counts the run's
+time in units of its own median training step: every step advances it by the median of
+the run's step times so far (the step proper, from its batch to ``scheduler.step()``,
+measured here), and the monitor's own curvature work advances it by its seconds. What a
+measurement costs is then charged in step times: an HVP costs about the same number of
+training steps on any machine, so two machines give (nearly) the same schedule. The
+label loss this harness evaluates before every step, the other monitors' curvature and
+the monitors' per-step overhead are no part of the run's time. A client that counts its
+budget in step times itself (``client/pacing.py``'s StepClock, measuring the intervals
+of this clock less its own curvature work) reads the same unit from this clock.
 
 The harness records its own truth beside what edgewatch stores: the LR in force, the
 training loss and the gradient norm BEFORE clipping (to check the client's), per step.
@@ -21,6 +30,7 @@ since it has not recovered when the trace ends).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import math
@@ -52,6 +62,7 @@ class RunResult:
     monitors: dict[str, dict[str, int]]  # budget -> mon.stats after close
     curvature_seconds: dict[str, float]  # budget -> that monitor's curvature seconds
     stopped_early: bool  # the label loss diverged and the run was stopped
+    median_step: float = 0.0  # the run's median step seconds (the curvature clock's unit)
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> RunResult:
@@ -116,10 +127,10 @@ def run(
             )
             stack.enter_context(mon)
             monitors[key], result.jobs[key] = mon, job
-        for key, mon in monitors.items():
+        run_clock = RunClock()
+        for mon in monitors.values():
             if mon.curvature is not None:
-                others = [m for k, m in monitors.items() if k != key]
-                mon.curvature.use_clock(_lent_clock(others, label_time))
+                mon.curvature.use_clock(run_clock.lend(mon))
         started = time.monotonic()
         first, best, high = None, math.inf, 0
         for step in range(spec.steps):
@@ -131,11 +142,14 @@ def run(
             first = label if first is None else first
             result.label_loss.append(label)
             result.lr.append(float(optimizer.param_groups[0]["lr"]))
+            t0 = time.perf_counter()
             loss = setup.loss(setup.batch(step))
             loss.backward()  # type: ignore[no-untyped-call]
-            result.grad_norm.append(_pre_clip_norm(params, setup.clip))
+            grad_norm = _pre_clip_norm(params, setup.clip)
             optimizer.step()
             scheduler.step()
+            run_clock.step_done(time.perf_counter() - t0)
+            result.grad_norm.append(grad_norm)
             for mon in monitors.values():
                 mon.step(loss)
             optimizer.zero_grad()
@@ -147,6 +161,7 @@ def run(
                 break
         result.seconds = time.monotonic() - started
         result.label_seconds = label_time[0]
+        result.median_step = run_clock.median_step
         _close_all(list(monitors.values()), "failed" if result.stopped_early else "finished")
     for key, mon in monitors.items():
         result.monitors[key] = dict(mon.stats)
@@ -172,11 +187,30 @@ def _pre_clip_norm(params: list[torch.Tensor], clip: float | None) -> float:
     return float(torch.nn.utils.get_total_norm([p.grad for p in grads]))
 
 
-def _lent_clock(others: list[edgewatch.Monitor], label_time: list[float]) -> Callable[[], float]:
-    """Wall time less the other monitors' curvature seconds and the label seconds."""
+class RunClock:
+    """The run's own time in units of its median training step (the module docstring):
+    each step advances it by the median of the step times so far; a monitor's lent
+    clock adds that monitor's own curvature seconds."""
 
-    def clock() -> float:
-        lent = sum(m.curvature.seconds_total for m in others if m.curvature is not None)
-        return time.monotonic() - lent - label_time[0]
+    def __init__(self) -> None:
+        self.step_seconds: list[float] = []  # sorted
+        self.now = 0.0
 
-    return clock
+    def step_done(self, seconds: float) -> None:
+        bisect.insort(self.step_seconds, seconds)
+        self.now += self.median_step
+
+    @property
+    def median_step(self) -> float:
+        times, n = self.step_seconds, len(self.step_seconds)
+        if n == 0:
+            return 0.0
+        return times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+
+    def lend(self, mon: edgewatch.Monitor) -> Callable[[], float]:
+        curvature = mon.curvature
+
+        def clock() -> float:
+            return self.now + (curvature.seconds_total if curvature is not None else 0.0)
+
+        return clock

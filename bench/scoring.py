@@ -79,6 +79,7 @@ class RunScore:
     clean_steps: int  # steps outside every window (the false-alarm denominator)
     any_alarm: bool
     diverged: bool
+    set_apart: int = 0  # scored events left out of leads/kinds/onsets by ``restrict``
 
 
 def score_run(loss: Sequence[float], alarmed: Sequence[bool]) -> RunScore:
@@ -107,6 +108,19 @@ def score_run(loss: Sequence[float], alarmed: Sequence[bool]) -> RunScore:
         clean_steps=sum(1 for w in window if not w),
         any_alarm=any(alarmed[:n]),
         diverged=any(e.kind == "divergence" for e in events),
+    )
+
+
+def restrict(score: RunScore, keep: Callable[[int], bool]) -> RunScore:
+    """The score with only the events whose onset ``keep`` accepts (the others are set
+    apart: the run is still not event-free); false alarms unchanged."""
+    picked = [i for i, onset in enumerate(score.onsets) if keep(onset)]
+    return dataclasses.replace(
+        score,
+        leads=[score.leads[i] for i in picked],
+        kinds=[score.kinds[i] for i in picked],
+        onsets=[score.onsets[i] for i in picked],
+        set_apart=score.set_apart + len(score.onsets) - len(picked),
     )
 
 
@@ -150,7 +164,7 @@ def summarize(
     normal = [s for s in scores if not s.diverged]
     false = sum(s.false_episodes for s in normal)
     clean = sum(s.clean_steps for s in normal)
-    event_free = [s for s in scores if not s.kinds]
+    event_free = [s for s in scores if not s.kinds and not s.set_apart]
     return Summary(
         events=len(leads),
         recall={

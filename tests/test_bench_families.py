@@ -10,6 +10,7 @@ import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -17,8 +18,11 @@ import torch
 from edgewatch.server import Daemon
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from families import FAMILIES, RunSpec, build, char_gpt, digits_mlp
-from harness import RunResult, run
+from families import FAMILIES, RunSpec, build, char_gpt, digits_mlp, fast_cnn, fast_gru, fast_mlp
+from harness import RunClock, RunResult, run
+from scoring import excursions, scored
+
+FAST = (fast_cnn, fast_mlp, fast_gru)
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +68,9 @@ def test_a_spec_and_a_result_survive_json() -> None:
 
 
 def test_monitors_for_two_budgets_watch_one_run_without_changing_it(daemon: Daemon) -> None:
-    spec = char_gpt.run(0, 30, 3e-3, clip=None, warmup=5)
+    # Heavy ball: its first estimate is at step 0 (an Adam-type run's may wait for the
+    # second moment to settle, 50 steps).
+    spec = dataclasses.replace(fast_cnn.run(0, 0.01), steps=30)
     bare = run(spec, None, ())
     watched = run(spec, daemon.endpoint, (0.02, 0.2))
     assert watched.label_loss == bare.label_loss
@@ -114,3 +120,49 @@ def test_the_stored_gradient_norm_is_the_one_before_clipping(daemon: Daemon) -> 
     pk = next(j["pk"] for j in daemon.store.jobs() if j["job_id"] == result.jobs["0.02"])
     stored = [s["grad_norm"] for s in daemon.store.steps(pk)]
     assert stored == pytest.approx(result.grad_norm, rel=1e-4)
+
+
+@pytest.mark.parametrize("family", FAST, ids=lambda f: f.NAME)
+def test_a_fast_family_runs_a_few_steps(family: ModuleType) -> None:
+    specs = family.grid([0, 1])
+    names = {s.name for s in specs}
+    assert any("jump" in n for n in names), "each fast family has scheduled LR jumps"
+    assert len(specs) == 2 * len(names)
+    spec = dataclasses.replace(specs[0], steps=5)
+    result = run(spec, None, ())
+    assert len(result.label_loss) == 5 and all(math.isfinite(v) for v in result.label_loss)
+    assert result.median_step > 0
+
+
+def _events(spec: RunSpec) -> list[tuple[str, int]]:
+    """The scored events of a run, trained bare (no monitor, no daemon)."""
+    loss = run(spec, None, ()).label_loss
+    return [(e.kind, e.onset) for e in scored(excursions(loss)) if e.onset is not None]
+
+
+@pytest.mark.parametrize("family", FAST, ids=lambda f: f.NAME)
+def test_a_fast_family_labels_are_what_its_plans_say(family: ModuleType) -> None:
+    """A healthy plan trains event-free; a jump's first event is at or after its jump;
+    a plan too hot from the start has an event within its first 50 steps (seed 0, as
+    calibrated in the family's docstring)."""
+    healthy = family.run(0, family.HEALTHY[1])
+    lr, factor = family.JUMPS[-1]
+    jumped = family.run(0, lr, jump=factor)
+    hot = family.run(0, family.HOT[0])
+    assert _events(healthy) == []
+    events = _events(jumped)
+    assert events and events[0][1] >= family.JUMP_AT, events
+    assert jumped.steps >= 400 and jumped.steps == family.JUMP_AT * 2
+    events = _events(hot)
+    assert events and events[0][1] <= 50, events
+
+
+def test_the_curvature_clock_counts_median_step_times() -> None:
+    """The harness's lent clock advances by the running median step, so a stall (or a
+    machine twice as slow on one step) moves it by one ordinary step, not by the stall."""
+    clock = RunClock()
+    for seconds, median in ((0.002, 0.002), (0.004, 0.003), (1.0, 0.004), (0.002, 0.003)):
+        before = clock.now
+        clock.step_done(seconds)
+        assert clock.now - before == pytest.approx(median)
+        assert clock.median_step == pytest.approx(median)

@@ -4,13 +4,19 @@ Each family is a module exposing ``NAME``, ``grid(seeds) -> list[RunSpec]`` and
 ``build(spec) -> Setup``; its docstring says what it is for and what its grid produced
 in the last calibration (``bench/calibrate.py``). The expensive families (char_gpt,
 char_rnn) use the first seed only. With seeds 0 and 1 (2026-11-29): 101 runs, 59 of
-them event-free (58%), 36 MAJOR and 25 DIVERGENCE events, 603 s on 2 cores.
+them event-free (58%), 36 MAJOR and 25 DIVERGENCE events, 603 s on 2 cores; the fast
+families (2026-12-03, budget 0.02): 46 runs more, 18 event-free, 37 MAJOR and 15
+DIVERGENCE events, 105 s.
 
 - digits_mlp: the v1 zoo's tanh MLP, GD / Adam / minibatch SGD, EoS and LR plans;
 - char_gpt: a character-level GPT with AdamW, clipping on and off, up to Adam's spikes;
 - digits_cnn: a BatchNorm CNN with heavy-ball and Nesterov SGD;
 - char_rnn: a GRU language model with Adam;
-- minibatch_safe: minibatch runs at LRs a practitioner would pick (all healthy).
+- minibatch_safe: minibatch runs at LRs a practitioner would pick (all healthy);
+- fast_cnn, fast_mlp, fast_gru: users' short runs (400-500 steps of about 1-3 ms): a
+  tiny CNN with heavy-ball SGD, a ReLU MLP with AdamW under warmup + cosine, a small
+  GRU with Adam; each with healthy plans, scheduled ×10-×30 LR jumps, and plans too
+  hot from the start.
 
 A ``RunSpec`` names one run (its family's own hyper-parameters in ``params``); a
 ``Setup`` is everything the harness (``bench/harness.py``) needs to train it: the model
@@ -99,8 +105,27 @@ def build(spec: RunSpec) -> Setup:
 
 
 # The families themselves, imported last: they import RunSpec and Setup from here.
-from . import char_gpt, char_rnn, digits_cnn, digits_mlp, minibatch_safe  # noqa: E402
+from . import (  # noqa: E402
+    char_gpt,
+    char_rnn,
+    digits_cnn,
+    digits_mlp,
+    fast_cnn,
+    fast_gru,
+    fast_mlp,
+    minibatch_safe,
+)
 
 FAMILIES: dict[str, ModuleType] = {
-    module.NAME: module for module in (digits_mlp, char_gpt, digits_cnn, char_rnn, minibatch_safe)
+    module.NAME: module
+    for module in (
+        digits_mlp,
+        char_gpt,
+        digits_cnn,
+        char_rnn,
+        minibatch_safe,
+        fast_cnn,
+        fast_mlp,
+        fast_gru,
+    )
 }
