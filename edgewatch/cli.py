@@ -145,7 +145,12 @@ def _print_analysis(analysis: dict[str, Any], alerts: list[dict[str, Any]]) -> N
     to_go = analysis["steps_to_instability"]
     forecast = "none within the plan" if to_go is None else f"in {to_go:.0f} steps"
     print(f"  state       {analysis['state'].upper()}  (instability forecast: {forecast})")
-    if analysis["recommended_lr"] is not None:
+    resume = analysis.get("resume_step")
+    if resume is not None:
+        lr = analysis["recommended_lr"]
+        at = f" with lr <= {_fmt(lr)}" if lr is not None else ""
+        print(f"  recommend   resume from the last checkpoint at or before step {resume}{at}")
+    elif analysis["recommended_lr"] is not None:
         warmup = analysis["recommended_warmup_steps"]
         extra = f", or warm up over {warmup} steps" if warmup else ""
         print(f"  recommend   lr <= {_fmt(analysis['recommended_lr'])}{extra}")
@@ -205,6 +210,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             else a.steps_to_instability,
             "recommended_lr": a.recommended_lr,
             "recommended_warmup_steps": a.recommended_warmup_steps,
+            "resume_step": a.resume_step,
             "reason": a.reason,
         }
         for a in result.alerts

@@ -108,7 +108,11 @@ def _advance_quietly(f: JobForecast, block: Sequence[StepLike]) -> int:
     s = f.settings
     short, mean, spread, floor = _loss_health(f, np.where(ok, loss, 1.0).tolist())
     excess = short - floor
-    ok &= excess < math.log(s.loss_excursion) + f.loss.band * spread
+    h = f.loss  # LossHealth.excursion_limit, on arrays, in its order of operations
+    limit = np.maximum(
+        h.log_floor, np.minimum(h.log_excursion + h.band * spread, h.noise_widths * spread)
+    )
+    ok &= excess < limit
     damaged = excess >= math.log(s.damage) + f.loss.band * spread
     if f.nearest is not None:
         ok &= f.nearest[0] - steps > s.horizon

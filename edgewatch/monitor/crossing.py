@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable
 
 from edgewatch.monitor.plan import LRPlan
+from edgewatch.monitor.settings import PredictorSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,28 @@ class CurvatureForecast:
         self._maturing: deque[Estimate] = deque()  # teaching estimates under a horizon old
         self.taught: deque[Estimate] = deque(maxlen=sustained_window)  # the level's sources
         self.last: Crossing | None = None
+        self._slope = 0.0  # the growth rate of the last forecast
+
+    @classmethod
+    def from_settings(
+        cls, unit: float, margin: float, s: PredictorSettings, total_steps: int | None
+    ) -> CurvatureForecast:
+        return cls(
+            unit,
+            margin=margin,
+            horizon=s.horizon,
+            sustained_window=s.sustained_window,
+            trend_window=s.trend_window,
+            max_growth=s.max_growth,
+            lookahead=s.lookahead,
+            total_steps=total_steps,
+        )
+
+    def ratio_at(self, step: int, lr: float) -> float:
+        """The forecast ratio at ``step`` for ``lr``, along the last forecast's trend."""
+        last = self.estimates[-1]
+        growth = min(self._slope * max(0, step - last.step), math.log(self.max_growth))
+        return last.value * math.exp(growth) * lr / self.unit
 
     def add(self, estimate: Estimate) -> None:
         self.estimates.append(estimate)
@@ -122,6 +145,7 @@ class CurvatureForecast:
         """Find the crossing from ``now`` on, against the level sustained by ``now``."""
         last = self.estimates[-1]
         slope, scatter = self._trend()
+        self._slope = slope
         level = self.sustained_level(now)
         limit = self.margin * max(1.0, level)
         cap = math.log(self.max_growth)

@@ -9,23 +9,9 @@ Three kinds of evidence (the science of each is in its module):
   own baselines;
 - non-finite values: diverged, at once and for good.
 
-States, escalating only:
-
-- ``diverged``: a non-finite loss or gradient norm;
-- ``unstable``: the crossing is now, or the loss is ``loss_excursion`` × its running
-  minimum;
-- ``approaching``: the crossing is within ``horizon`` steps, or a precursor has held
-  over its threshold for ``persist`` steps;
-- ``stable``: otherwise, once ``recover_steps`` steps in a row have been quiet and the
-  loss is back under ``damage`` × its best.
-
-The hysteresis is what makes the alerts usable (issue 11: the demo's one warmup raised
-11 state changes). A state only rises, step by step (stable → approaching → unstable →
-diverged, skipping what is skipped); it falls only to ``stable``, and only after the
-quiet stretch: so one event raises at most a warning, then ``unstable`` or
-``diverged``, then one recovery. An estimate of the horizon before an alarm never
-teaches the sustained level, and the LR in force when a job went unstable caps every
-later recommendation (``recommend.py``).
+The state ladder and its hysteresis are in ``ladder.py``. An estimate of the horizon
+before an alarm never teaches the sustained level, and the LR in force when a job went
+unstable caps every later recommendation (``recommend.py``).
 
 Per step the work is O(1): a few exponential averages and comparisons. The crossing is
 a step number, recomputed only when a sharpness estimate, a plan or an LR off the plan
@@ -40,16 +26,16 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edgewatch.monitor.crossing import Crossing, CurvatureForecast, Estimate
+from edgewatch.monitor.ladder import ALARM_STATES, DAMAGED_STATES, STATES, climb
 from edgewatch.monitor.plan import LRPlan, lr_moved
 from edgewatch.monitor.precursors import Excursion, LossHealth
-from edgewatch.monitor.recommend import Recommendation, explain, recommend
+from edgewatch.monitor.recommend import Advice, Recommendation, explain, recommend
 from edgewatch.monitor.settings import DEFAULT_SETTINGS, Alert, PredictorSettings, State
 from edgewatch.monitor.thresholds import threshold_for, uses_preconditioned_sharpness
 
 if TYPE_CHECKING:
     from edgewatch.monitor.batch import StepLike
 
-STATES: tuple[State, ...] = ("stable", "approaching", "unstable", "diverged")
 __all__ = [  # the settings and Alert live in settings.py; importers of this module keep them
     "ALARM_STATES",
     "DEFAULT_SETTINGS",
@@ -60,8 +46,6 @@ __all__ = [  # the settings and Alert live in settings.py; importers of this mod
     "State",
     "per_lr",
 ]
-RANK = {state: i for i, state in enumerate(STATES)}
-ALARM_STATES = frozenset({"approaching", "unstable", "diverged"})
 NONFINITE_EVENTS = {"nonfinite_loss": "loss", "nonfinite_grad_norm": "gradient norm"}
 RISING = 1.01  # an LR over 1% above its value RISING_WINDOW steps before is rising
 RISING_WINDOW = 20
@@ -91,16 +75,7 @@ class JobForecast:
         self.adam = uses_preconditioned_sharpness(str(self.optimizer.get("kind", "")))
 
         def stream(unit: float, margin: float) -> CurvatureForecast:
-            return CurvatureForecast(
-                unit,
-                margin=margin,
-                horizon=s.horizon,
-                sustained_window=s.sustained_window,
-                trend_window=s.trend_window,
-                max_growth=s.max_growth,
-                lookahead=s.lookahead,
-                total_steps=total_steps,
-            )
+            return CurvatureForecast.from_settings(unit, margin, s, total_steps)
 
         unit = threshold_for(self.optimizer, 1.0)
         self.curvature = stream(unit, s.margin)  # λ_max: the forecast the API shows
@@ -112,21 +87,11 @@ class JobForecast:
             "curvature along the update": stream(unit, s.direction_margin),
             "critical sharpness": stream(2.0, s.critical_margin),
         }
-        self.loss = LossHealth(s.loss_smoothing, s.baseline_rate, s.noise_band)
-
-        def excursion(threshold: float) -> Excursion:
-            return Excursion(
-                threshold,
-                fast=s.loss_smoothing,
-                slow=s.baseline_rate,
-                warm=s.warm,
-                persist=s.persist,
-            )
-
+        self.loss = LossHealth.from_settings(s)
         self.precursors = {
-            "gradient norm": excursion(s.grad_excursion),
-            "update norm": excursion(s.update_excursion),
-            "moment ratio": excursion(s.moment_excursion),
+            "gradient norm": Excursion.from_settings(s.grad_excursion, s),
+            "update norm": Excursion.from_settings(s.update_excursion, s),
+            "moment ratio": Excursion.from_settings(s.moment_excursion, s),
         }
         # Only the precursors switched on are followed (the others cost nothing per step).
         self.grad_precursor, self.update_precursor, self.moment_precursor = (
@@ -142,7 +107,9 @@ class JobForecast:
         self.recent_lrs: deque[float] = deque(maxlen=RISING_WINDOW)
         self.failed_lr: float | None = None  # the lowest LR in force when the job broke
         self.quiet = 0  # consecutive steps with nothing alarming
-        self.recommendation = Recommendation(None)
+        self.recommendation = Recommendation(None)  # from the latest forecast
+        self.advice = Advice()  # what the job shows: changes only with an alert
+        self.onset: int | None = None  # the first unstable step of the current episode
         self.alerts: list[Alert] = []
 
     # -- inputs -----------------------------------------------------------------------
@@ -254,9 +221,10 @@ class JobForecast:
         return float(max(0, crossing.at - self.step))
 
     @property
-    def sustained_level(self) -> float:
-        """The level the current forecast's alarm ratio was set from (0: none yet)."""
-        return self.crossing.level if self.crossing is not None else 0.0
+    def sustained_level(self) -> float | None:
+        """The level the current forecast's alarm ratio was set from (None: none yet)."""
+        crossing = self.crossing
+        return crossing.level if crossing is not None and crossing.level > 0 else None
 
     @property
     def alarm_ratio(self) -> float:
@@ -268,11 +236,15 @@ class JobForecast:
 
     @property
     def recommended_lr(self) -> float | None:
-        return self.recommendation.lr
+        return self.advice.current.lr
 
     @property
     def recommended_warmup_steps(self) -> int:
-        return self.recommendation.warmup_steps
+        return self.advice.current.warmup_steps
+
+    @property
+    def resume_step(self) -> int | None:
+        return self.advice.current.resume_step
 
     @property
     def loss_ratio(self) -> float:
@@ -283,7 +255,7 @@ class JobForecast:
         """The current forecast in words, rendered from the numbers the API serves."""
         alarmed = self.state in ALARM_STATES
         return explain(
-            self.crossing, self.recommendation, planned=self.plan is not None, alarmed=alarmed
+            self.crossing, self.advice.current, planned=self.plan is not None, alarmed=alarmed
         )
 
     # -- the forecast -----------------------------------------------------------------
@@ -338,8 +310,10 @@ class JobForecast:
     def _wanted(self, step: int) -> tuple[State, str]:
         """The state the evidence asks for now, and why."""
         s = self.settings
-        if self.loss.over(s.loss_excursion):
+        if self.loss.spiking:
             return "unstable", f"loss at {self.loss.ratio:.2f}× its running minimum"
+        if self.nearest is not None and self.nearest[0] <= step:
+            self._recheck_passed(step)
         if self.nearest is not None:
             at, name = self.nearest
             if at <= step:
@@ -355,20 +329,33 @@ class JobForecast:
                 return "approaching", f"{name} at {precursor.ratio:.2f}× its baseline"
         return "stable", ""
 
+    def _recheck_passed(self, step: int) -> None:
+        """A crossing forecast for a step now past holds only while the ratio at the LR in
+        force is still over the alarm: when the plan has brought the LR down (a decay
+        after a jump) the forecast is made again from here, so a recovered job can
+        return to stable. An O(1) test per step; a new forecast only when it fails."""
+        lr = self._lr_at(step)
+        for stream in self.streams.values():
+            last = stream.last
+            if last is None or last.at is None or last.at > step or last.made_at >= step:
+                continue
+            if stream.ratio_at(step, lr) < last.alarm_ratio:
+                stream.forecast(step, self._lr_at, self.plan)
+                if stream is self.curvature:
+                    self._recommend(step)
+        self.nearest = self._soonest_crossing()
+
     def _judge(self, step: int) -> Alert | None:
         if self.state == "diverged":
             return None
         wanted, why = self._wanted(step)
-        if RANK[wanted] > RANK[self.state]:
-            return self._set(wanted, step, why)
         damaged = self.state == "unstable" and self.loss.over(self.settings.damage)
-        if wanted != "stable" or damaged:
-            self.quiet = 0
+        move, self.quiet = climb(
+            self.state, wanted, damaged, self.quiet, self.settings.recover_steps
+        )
+        if move is None:
             return None
-        self.quiet += 1
-        if self.state == "stable" or self.quiet < self.settings.recover_steps:
-            return None
-        return self._set("stable", step, "quiet again")
+        return self._set(move, step, why if move != "stable" else "quiet again")
 
     def _set(self, state: State, step: int, why: str) -> Alert:
         entering_alarm = state in ALARM_STATES and self.state == "stable"
@@ -376,10 +363,22 @@ class JobForecast:
         self.quiet = 0
         if entering_alarm:
             self.curvature.forget_maturing()
-        if state in ("unstable", "diverged") and self.lr:
+        if state in DAMAGED_STATES and self.lr:
             self.failed_lr = self.lr if self.failed_lr is None else min(self.failed_lr, self.lr)
+        if state in DAMAGED_STATES:
+            self.onset = step if self.onset is None else self.onset
+        elif state == "stable":
+            self.onset = None
         self._recommend(max(step, self.step))
         crossing = self.crossing
+        advice = self.advice.publish(
+            self.recommendation,
+            state=state,
+            step=step,
+            lr_in_force=self.lr,
+            planned_lr=crossing.worst_lr if crossing is not None else None,
+            resume_step=None if self.onset is None else max(0, self.onset - 1),
+        )
         # A sharper curvature (low) crosses sooner than a flatter one (high).
         low = math.inf if crossing is None or crossing.low is None else max(0, crossing.low - step)
         high = (
@@ -392,9 +391,10 @@ class JobForecast:
             steps_low=float(low),
             steps_high=float(high),
             ratio=crossing.worst_ratio if crossing is not None else None,
-            recommended_lr=self.recommendation.lr,
-            recommended_warmup_steps=self.recommendation.warmup_steps,
+            recommended_lr=advice.lr,
+            recommended_warmup_steps=advice.warmup_steps,
             reason=f"{why}: {self.reason}" if why else self.reason,
+            resume_step=advice.resume_step,
         )
         self.alerts.append(alert)
         return alert

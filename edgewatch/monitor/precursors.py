@@ -2,9 +2,11 @@
 the gradient norm, the update norm and Adam's moment ratio. Pure floats, O(1) per step.
 
 - The loss: its short average (weight ``smoothing``) over its running minimum. At
-  ``loss_excursion`` × the job is in a loss excursion (``unstable``); until it is back
-  under ``damage`` × its best it stays out of ``stable`` (a job sitting at twice its
-  best loss is not healthy, whatever its curvature says).
+  ``loss_excursion`` × (widened by the noise) the job is in a loss excursion
+  (``unstable``); on a smooth curve sooner, at ``noise_widths`` widths of its own step
+  noise (``LossHealth.excursion_limit``); until it is back under ``damage`` × its best it
+  stays out of ``stable`` (a job sitting at twice its best loss is not healthy, whatever
+  its curvature says).
 - The others: a short average of log(x) over a slow baseline of log(x) (weight
   ``baseline_rate``), as a ratio. What each one says before a spike, and the papers
   behind it, is in ``client/signals.py``. The baseline does not learn while the short
@@ -16,6 +18,8 @@ the gradient norm, the update norm and Adam's moment ratio. Pure floats, O(1) pe
 from __future__ import annotations
 
 import math
+
+from edgewatch.monitor.settings import PredictorSettings
 
 
 def _exp(x: float) -> float:
@@ -32,11 +36,34 @@ class LossHealth:
     the same 1.6× cannot mean trouble in both (issue 11: healthy minibatch runs read
     ``unstable``). Losses that are not positive are not followed (a ratio means nothing)."""
 
-    def __init__(self, fast: float, slow: float, band: float) -> None:
+    def __init__(
+        self,
+        fast: float,
+        slow: float,
+        band: float,
+        *,
+        excursion: float = 1.3,
+        noise_widths: float = math.inf,
+        floor: float = 1.0,
+    ) -> None:
         self.fast, self.slow, self.band = fast, slow, band
+        self.log_excursion = math.log(excursion)
+        self.noise_widths = noise_widths
+        self.log_floor = math.log(floor)
         self.seen = 0
         self.short = self.mean = self.spread = self.last = 0.0
         self.floor = math.inf
+
+    @classmethod
+    def from_settings(cls, s: PredictorSettings) -> LossHealth:
+        return cls(
+            s.loss_smoothing,
+            s.baseline_rate,
+            s.noise_band,
+            excursion=s.loss_excursion,
+            noise_widths=s.loss_noise_widths,
+            floor=s.loss_excursion_floor,
+        )
 
     def update(self, loss: float) -> None:
         if not (loss > 0 and math.isfinite(loss)):
@@ -58,6 +85,25 @@ class LossHealth:
             self.seen > 0 and self.short - self.floor >= math.log(ratio) + self.band * self.spread
         )
 
+    def excursion_limit(self, spread: float) -> float:
+        """The log-ratio over the running minimum that is an excursion, for a loss whose
+        step noise is ``spread``: ``excursion`` widened by the noise, as ever; but on a smooth
+        curve ``noise_widths`` × the noise already, never under ``floor``. A noisy minibatch
+        loss (10–30% from step to step) keeps the first; a pretraining curve (about 1%)
+        is an event at 1.1–1.2×, steps before a spike that rises over 15–20 steps reaches
+        1.3× (the shape of end-of-warmup spikes in public multi-seed GPT runs;
+        tests/test_loss_noise.py has synthetic ones). Written with the operations
+        ``batch.py`` repeats on arrays, in the same order."""
+        return max(
+            self.log_floor,
+            min(self.log_excursion + self.band * spread, self.noise_widths * spread),
+        )
+
+    @property
+    def spiking(self) -> bool:
+        """Whether the short average is an excursion over the running minimum now."""
+        return self.seen > 0 and self.short - self.floor >= self.excursion_limit(self.spread)
+
     @property
     def ratio(self) -> float:
         """Short average over the running minimum of the slow one (1.0 before any loss)."""
@@ -75,6 +121,12 @@ class Excursion:
         self.seen = 0
         self.short = self.base = 0.0
         self.over = 0  # consecutive steps over the threshold
+
+    @classmethod
+    def from_settings(cls, threshold: float, s: PredictorSettings) -> Excursion:
+        return cls(
+            threshold, fast=s.loss_smoothing, slow=s.baseline_rate, warm=s.warm, persist=s.persist
+        )
 
     def update(self, value: float | None) -> None:
         if value is None or not (math.isfinite(value) and value > 0):

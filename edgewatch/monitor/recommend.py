@@ -3,8 +3,9 @@
 The recommended LR is the largest one that keeps the forecast ratio under ``safety`` ×
 the larger of 1 and the sustained level: what the job has shown it bears, not the
 alarm's catapult headroom, since a capped LR must be one that trains. It never reaches
-an LR the job has already failed at (issue 11: recommendations above the LRs that broke
-the job). Without a sharpness estimate to go by, it is ``backoff`` × the LR in force.
+an LR the job has already failed at (on the instability benchmark, recommendations
+above the LRs that had broken the job were seen). Without a sharpness estimate to go
+by, it is ``backoff`` × the LR in force.
 
 How to apply it: hold the LR at or under the recommendation until the sharpness allows
 the planned LR again (the forecast at the planned LR back under the alarm ratio), then
@@ -30,6 +31,11 @@ from edgewatch.monitor.plan import LRPlan
 class Recommendation:
     lr: float | None
     warmup_steps: int = 0
+    resume_step: int | None = None
+    """A diverged job: the last step it was healthy at; resume from a checkpoint at or
+    before it."""
+    note: str = ""
+    """Why it is what it is, where that is not the forecast's numbers alone."""
 
 
 def recommend(
@@ -67,6 +73,50 @@ def recommend(
     return Recommendation(lr, warmup)
 
 
+class Advice:
+    """The one recommendation a job shows at a time: the header, the API, ``edgewatch show``
+    and the metrics all read ``current``, which changes only with an alert. Within one
+    episode of alarms (from leaving ``stable`` until back) the recommended LR never rises:
+    a later alert whose own forecast would allow more keeps the earlier cap, and says so.
+    An LR at or above both the LR in force and the highest LR the plan reaches next is no
+    recommendation: the LR in force is safe by the curvature. A diverged job gets no
+    warmup (there is nothing left to warm up from) but the step to resume from."""
+
+    def __init__(self) -> None:
+        self.current = Recommendation(None)
+        self._cap: tuple[float, int] | None = None  # (lowest LR advised, its alert's step)
+
+    def publish(
+        self,
+        live: Recommendation,
+        *,
+        state: str,
+        step: int,
+        lr_in_force: float | None,
+        planned_lr: float | None,
+        resume_step: int | None,
+    ) -> Recommendation:
+        if state == "stable":
+            self._cap = None
+            self.current = Recommendation(None)
+            return self.current
+        lr, warmup, notes = live.lr, live.warmup_steps, []
+        if self._cap is not None and lr is not None and lr > self._cap[0]:
+            lr, warmup = self._cap[0], 0
+            notes.append(f"the cap advised at step {self._cap[1]} stands")
+        highest = max(lr_in_force or 0.0, planned_lr or 0.0)
+        if lr is not None and highest > 0 and lr >= highest and state != "diverged":
+            lr, warmup = None, 0
+            notes = ["the LR in force is safe by the curvature forecast"]
+        if state == "diverged":
+            warmup = 0
+        if lr is not None and (self._cap is None or lr < self._cap[0]):
+            self._cap = (lr, step)
+        resume = resume_step if state == "diverged" else None
+        self.current = Recommendation(lr, warmup, resume, "; ".join(notes))
+        return self.current
+
+
 def explain(
     crossing: Crossing | None, recommendation: Recommendation, *, planned: bool, alarmed: bool
 ) -> str:
@@ -83,11 +133,23 @@ def explain(
             f"({crossing.worst_lr:.3g}) gives ratio {crossing.worst_ratio:.3g}; "
             f"{level}, alarm at {crossing.alarm_ratio:.3g}"
         )
-    if alarmed and recommendation.lr is not None:
+    if not alarmed:
+        return words
+    if recommendation.resume_step is not None:
+        lr = (
+            "" if recommendation.lr is None else f" with the LR at or below {recommendation.lr:.3g}"
+        )
+        words += (
+            f"; resume from the last checkpoint at or before step {recommendation.resume_step}"
+            f" (the last healthy step){lr}"
+        )
+    elif recommendation.lr is not None:
         words += (
             f"; hold the LR at or below {recommendation.lr:.3g} until the sharpness allows "
             "the planned LR again, then resume the plan (or keep it capped)"
         )
         if recommendation.warmup_steps:
             words += f"; or warm up over {recommendation.warmup_steps} steps from here"
+    if recommendation.note:
+        words += f" ({recommendation.note})"
     return words

@@ -36,6 +36,12 @@ class PredictorSettings:
     noise_band: float = 1.0
     """The loss's noise (mean absolute deviation of its log) times this widens the
     excursion and damage thresholds (``precursors.LossHealth``)."""
+    loss_noise_widths: float = 12.0
+    """On a smooth loss a rise of this many noise widths is an excursion at once, below
+    ``loss_excursion``: a 1.2× rise is fifteen widths of a curve with 1% step noise."""
+    loss_excursion_floor: float = 1.1
+    """No excursion under this ratio, however smooth the loss (a full-batch loss has
+    almost no step noise, and a 2% bump is not an event)."""
     direction_margin: float = math.inf
     """Like ``margin``, for the curvature along the last update (Bai et al. 2025, arXiv
     2506.04805), one HVP per sharpness estimate; inf: off."""
@@ -84,3 +90,5 @@ class Alert:
     recommended_lr: float | None
     recommended_warmup_steps: int
     reason: str
+    resume_step: int | None = None
+    """A diverged job: resume from a checkpoint at or before this step (the last healthy)."""

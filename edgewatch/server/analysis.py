@@ -107,6 +107,7 @@ class RunAnalysis:
             alert.recommended_lr,
             alert.recommended_warmup_steps,
             alert.reason,
+            alert.resume_step,
         )
 
     def feed_rows(self, rows: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[Any, ...]]:

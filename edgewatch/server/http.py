@@ -228,6 +228,7 @@ def _alert_json(row: dict[str, Any]) -> dict[str, Any]:
         "recommended_lr": row["recommended_lr"],
         "recommended_warmup_steps": row["recommended_warmup_steps"],
         "reason": row["reason"],
+        "resume_step": row.get("resume_step"),
         "run": row["run"],
         "wall_time": row["wall_time"],
     }

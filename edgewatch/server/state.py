@@ -48,6 +48,8 @@ class JobState:
     steps_to_instability: float = math.inf
     recommended_lr: float | None = None
     recommended_warmup_steps: int = 0
+    resume_step: int | None = None
+    """A diverged job: the checkpoint to go back to is at or before this step."""
     alarm_ratio: float | None = 1.0
     """None for a finished job restored after a restart: only a replay would know it."""
     sustained_level: float | None = None
@@ -136,6 +138,7 @@ class JobState:
                 else None,
                 "recommended_lr": self.recommended_lr,
                 "recommended_warmup_steps": self.recommended_warmup_steps,
+                "resume_step": self.resume_step,
                 "alarm_ratio": self.alarm_ratio,
                 "sustained_level": self.sustained_level,
                 "planned_lr": self.planned_lr,
@@ -171,6 +174,7 @@ class JobState:
         )
         self.recommended_lr = alert["recommended_lr"]
         self.recommended_warmup_steps = alert["recommended_warmup_steps"]
+        self.resume_step = alert.get("resume_step")
         self.forecast_reason = alert["reason"]
 
     def follow(self, forecast: JobForecast, changed_at: dict[str, float] | None = None) -> None:
@@ -181,8 +185,9 @@ class JobState:
         self.steps_to_instability = forecast.steps_to_instability
         self.recommended_lr = forecast.recommended_lr
         self.recommended_warmup_steps = forecast.recommended_warmup_steps
+        self.resume_step = forecast.resume_step
         self.alarm_ratio = forecast.alarm_ratio
-        self.sustained_level = forecast.sustained_level if forecast.crossing else None
+        self.sustained_level = forecast.sustained_level
         self.forecast_reason = forecast.reason
         self.planned_lr = forecast.plan is not None
         self.alert_counts = dict(Counter(alert.state for alert in forecast.alerts))

@@ -120,6 +120,7 @@ class AlertRow(_RecordKey, Base):
     recommended_lr: Mapped[float | None] = mapped_column(Float, nullable=True)
     recommended_warmup_steps: Mapped[int] = mapped_column(BigInteger, default=0)
     reason: Mapped[str] = mapped_column(Text, default="")
+    resume_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 # The column order of the tuples the ingest path builds for the bulk inserts
@@ -140,7 +141,7 @@ INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
     "alerts": (
         *KEY_COLUMNS,
         *("state", "steps_to_instability", "steps_low", "steps_high", "ratio"),
-        *("recommended_lr", "recommended_warmup_steps", "reason"),
+        *("recommended_lr", "recommended_warmup_steps", "reason", "resume_step"),
     ),
 }
 RECORD_TABLES = ("steps", "sharpness", "events")
