@@ -63,7 +63,10 @@ class Browser:
         path = chromium_path()
         if path is None:
             raise BrowserError(why_no_browser() or "no chromium")
-        self._profile = tempfile.TemporaryDirectory(prefix="edgewatch-chromium-")
+        # Chromium's helper processes may still write to the profile as it is removed.
+        self._profile = tempfile.TemporaryDirectory(
+            prefix="edgewatch-chromium-", ignore_cleanup_errors=True
+        )
         profile = Path(self._profile.name)
         self._process = subprocess.Popen(
             [

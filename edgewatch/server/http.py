@@ -7,7 +7,9 @@ web page.
     GET /metrics                         Prometheus text format
     GET /healthz                         {"status": "ok"|"degraded", "database": bool, ...}
     GET /api/jobs                        every job the daemon knows
-    GET /api/jobs/{job_id}               one job, with its optimizer and analysis state
+    GET /api/jobs/{job_id}               one job, with its optimizer and analysis state,
+                                         and what its curvature budget bought in this run:
+                                         "estimates" (λ_max estimates), "curvature_seconds"
     GET /api/jobs/{job_id}/steps?start=&end=&limit=       step records in step order
     GET /api/jobs/{job_id}/sharpness?start=&end=&limit=   sharpness estimates, with the
                                                           threshold at that step's LR
@@ -49,7 +51,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from edgewatch.monitor.thresholds import threshold_for
 from edgewatch.server import pages
 from edgewatch.server.blocks import SPECS, SeriesCache
-from edgewatch.server.series import DEFAULT_POINTS, MAX_POINTS, job_plan, job_series
+from edgewatch.server.series import (
+    DEFAULT_POINTS,
+    MAX_POINTS,
+    curvature_spent,
+    job_plan,
+    job_series,
+)
 from edgewatch.server.state import JobState, JobTable
 from edgewatch.server.store import Store
 
@@ -189,7 +197,7 @@ class Handler(BaseHTTPRequestHandler):
         if state is None:
             raise _BadRequest(404, f"unknown job {rest[0]!r}; GET /api/jobs lists the known ones")
         if len(rest) == 1:
-            return state.to_api()
+            return state.to_api() | curvature_spent(ctx.store, state)
         if rest[1:] in (["steps"], ["sharpness"]):
             limit = _int_param(query, "limit", MAX_STEPS_PER_REQUEST)
             if limit is None or not 0 < limit <= MAX_STEPS_PER_REQUEST:

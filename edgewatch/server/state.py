@@ -14,7 +14,8 @@ from collections import Counter
 from typing import Any
 
 from edgewatch.monitor.forecast import JobForecast
-from edgewatch.monitor.thresholds import threshold_for
+from edgewatch.monitor.settings import PredictorSettings
+from edgewatch.monitor.thresholds import threshold_for, uses_preconditioned_sharpness
 
 
 @dataclasses.dataclass
@@ -33,6 +34,12 @@ class JobState:
     host: str = ""
     pid: int | None = None
     total_steps: int | None = None
+    budget: float | None = None
+    """Share of the training's wall time the client may spend on curvature (JobStart)."""
+    settle_steps: int | None = None
+    """Adam-type optimizers: steps before which estimates are left out of the forecast
+    (the forecast's setting; the default for a finished job restored after a restart);
+    None for the others."""
     ended_at: float | None = None
     records: int = 0
     dropped: int = 0
@@ -77,6 +84,10 @@ class JobState:
             host=row["host"],
             pid=row.get("pid"),
             total_steps=row["total_steps"],
+            budget=row.get("budget"),
+            settle_steps=PredictorSettings().settle_steps
+            if uses_preconditioned_sharpness(str((row["optimizer"] or {}).get("kind", "")))
+            else None,
             ended_at=row["ended_at"],
             records=row["records"],
             dropped=row["dropped"],
@@ -121,6 +132,8 @@ class JobState:
             "host": self.host,
             "world_size": self.world_size,
             "total_steps": self.total_steps,
+            "budget": self.budget,
+            "settle_steps": self.settle_steps,
             "optimizer": self.optimizer,
             "lr": self.lr,
             "loss": self.loss,
@@ -190,6 +203,7 @@ class JobState:
         self.sustained_level = forecast.sustained_level
         self.forecast_reason = forecast.reason
         self.planned_lr = forecast.plan is not None
+        self.settle_steps = forecast.settings.settle_steps if forecast.adam else None
         self.alert_counts = dict(Counter(alert.state for alert in forecast.alerts))
 
 

@@ -1,78 +1,17 @@
 // The job page's charts: one uPlot per quantity, stacked, sharing the step axis (zoom, pan
 // and cursor move them together), with vertical markers (alerts, now, forecast crossing)
 // and horizontal levels (stability ratio 1.0 and the alarm ratio) as DOM elements over
-// the plot, so that their text is real text.
+// the plot, so that their text is real text. What each chart plots: chartdata.js.
 
+import { allPositive, clampAbove, clipRunaway, merge, toLog10 } from "./chartdata.js";
+import { CHARTS, offNote } from "./chartspec.js";
 import { fmt } from "./common.js";
 
-const COLORS = {
-  loss: "#2563eb",
-  lr: "#0f766e",
-  planned: "#0f766e",
-  grad: "#7c3aed",
-  sharpness: "#dc2626",
-  threshold: "#111827",
-  ratio: "#ea580c",
-};
 const AXIS_SIZE = 72; // the same y-axis width on every chart keeps the plots aligned
 const HEIGHT = 190;
 const SYNC_KEY = "edgewatch-steps";
 const FLAG_ROWS = 4;
-
-// id: chart id; series: [label, source table, column, style]; log: y on a log scale when
-// every value is positive; levels: the stability ratio's horizontal lines.
-export const CHARTS = [
-  { id: "loss", title: "loss", log: true, series: [["loss", "steps", "loss", { stroke: COLORS.loss }]] },
-  {
-    id: "lr",
-    title: "learning rate (actual, and planned ahead)",
-    series: [
-      ["LR", "steps", "lr", { stroke: COLORS.lr }],
-      ["planned LR", "plan", "lr", { stroke: COLORS.planned, dash: [6, 4] }],
-    ],
-  },
-  { id: "grad", title: "gradient norm (before clipping)", log: true, series: [["grad norm", "steps", "grad_norm", { stroke: COLORS.grad }]] },
-  {
-    id: "sharpness",
-    title: "sharpness against its stability threshold",
-    log: true,
-    series: [
-      ["sharpness", "sharpness", "value", { stroke: COLORS.sharpness, points: { show: true, size: 5 } }],
-      ["threshold", "steps", "stability_threshold", { stroke: COLORS.threshold, width: 1 }],
-      ["planned threshold", "plan", "stability_threshold", { stroke: COLORS.threshold, width: 1, dash: [6, 4] }],
-    ],
-  },
-  {
-    id: "ratio",
-    title: "stability ratio (sharpness / threshold)",
-    levels: true,
-    series: [["stability ratio", "sharpness", "stability_ratio", { stroke: COLORS.ratio, points: { show: true, size: 5 } }]],
-  },
-];
-
-// Rows of every source merged in step order, one row per stored point (a step that two
-// sources share gives two rows): no point is dropped or invented.
-function merge(sources, specs) {
-  const rows = [];
-  specs.forEach(([, source, column], k) => {
-    const table = sources[source];
-    if (!table || !table.step) return;
-    const ys = table[column] || [];
-    table.step.forEach((x, i) => rows.push([x, k, ys[i] ?? null]));
-  });
-  rows.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-  const data = [rows.map((r) => r[0]), ...specs.map(() => new Array(rows.length).fill(null))];
-  rows.forEach(([, k, y], i) => {
-    data[k + 1][i] = y;
-  });
-  return data;
-}
-
-// A "log" chart plots log10 of its values on a linear axis labelled in powers of ten:
-// uPlot's own log axis cannot label values past 1e17, and a diverging loss reaches 1e300.
-function toLog10(data) {
-  return data.map((ys, k) => (k === 0 ? ys : ys.map((y) => (y === null ? null : Math.log10(y)))));
-}
+const RATIO_TOP = 4; // the ratio axis reaches at most this times its highest level
 
 // Ticks for a log10 axis: whole decades over a wide range (one label per 30 px at most);
 // 1-2-5 or 1-3 steps inside a narrow one.
@@ -98,18 +37,6 @@ function decadeSplits(u, axis, min, max) {
     if (ticks.length >= 3 || ticks.length >= most) break;
   }
   return ticks;
-}
-
-function allPositive(data) {
-  let any = false;
-  for (const ys of data.slice(1)) {
-    for (const y of ys) {
-      if (y === null) continue;
-      if (!(y > 0)) return false;
-      any = true;
-    }
-  }
-  return any;
 }
 
 export class ChartStack {
@@ -139,13 +66,23 @@ export class ChartStack {
     return Math.max(100, this.width() - AXIS_SIZE - 10);
   }
 
-  update(sources, view, markers, levels) {
+  // span: the job's steps (last - first), which decides what counts as a gap.
+  update(sources, view, markers, levels, span) {
     this.view = view;
     this.markers = markers;
     this.levels = levels;
     CHARTS.forEach((spec, i) => {
-      const data = merge(sources, spec.series);
+      const data = merge(sources, spec.series, span);
       const log = Boolean(spec.log) && allPositive(data);
+      let clip = null;
+      if (spec.clip) {
+        clip = clipRunaway(data[0], data[1], log);
+        data[1] = clip.ys;
+        data[2] = clip.marks;
+      } else if (spec.levels) {
+        // An alert raised on a ratio above the axis (a diverged job's) is drawn at its top.
+        clip = { off: { series: 2, at: clampAbove(data[2], RATIO_TOP * this.ratioLevel()) } };
+      }
       let chart = this.charts[i];
       if (!chart || this.built.get(spec.id) !== log) {
         chart?.u.destroy();
@@ -154,9 +91,23 @@ export class ChartStack {
         this.charts[i] = chart;
         this.built.set(spec.id, log);
       }
+      chart.off = clip ? clip.off : null;
+      if (spec.clip) chart.note.textContent = offNote(clip.off, log);
+      chart.note.hidden = !chart.note.textContent;
       chart.u.setData(log ? toLog10(data) : data, false);
       chart.u.setScale("x", { min: view.min, max: view.max });
     });
+  }
+
+  // The highest level on the ratio chart (1.0 or the alarm ratio).
+  ratioLevel() {
+    return Math.max(1, ...this.levels.map((l) => l.value));
+  }
+
+  // The uPlot instance of a chart (a person can inspect it from the console; tests read
+  // its scales and data, and the pixels it drew).
+  plot(id) {
+    return this.charts.find((c) => c && c.spec.id === id)?.u ?? null;
   }
 
   make(spec, log, index) {
@@ -165,7 +116,10 @@ export class ChartStack {
     box.dataset.chart = spec.id;
     const heading = document.createElement("h3");
     heading.textContent = spec.title;
-    box.append(heading);
+    const note = document.createElement("p");
+    note.className = "chart-note";
+    note.hidden = true;
+    box.append(heading, note);
     const next = this.charts[index + 1]?.box ?? null;
     this.container.insertBefore(box, next);
     if (index === 0) box.append(this.strip);
@@ -173,9 +127,9 @@ export class ChartStack {
     // 0 to a little over the alarm ratio, or the data's top up to 4x that: a ratio of
     // 1000 at divergence runs off the top instead of flattening everything below it.
     const ratioRange = (u, min, max) => {
-      const marks = Math.max(1, ...stack.levels.map((l) => l.value));
-      const top = Math.min(Math.max(max ?? 0, marks * 1.15), marks * 4);
-      return [Math.min(0, min ?? 0), top];
+      const marks = stack.ratioLevel();
+      const top = Math.min(Math.max(max ?? 0, marks * 1.15), marks * RATIO_TOP);
+      return [Math.min(0, min ?? 0), 1.04 * top]; // a marker at the top stays whole
     };
     const opts = {
       width: this.width(),
@@ -208,7 +162,15 @@ export class ChartStack {
           width: 1.5,
           spanGaps: true,
           points: { show: false },
-          value: (u, v) => fmt(log && v !== null ? 10 ** v : v),
+          // Off the scale, the legend says the value that was stored, not the clip.
+          value: (u, v, k, idx) => {
+            const off = stack.charts[index]?.off;
+            if (off && k === off.series && off.at.has(idx)) {
+              const stored = off.at.get(idx);
+              return stored === null ? "NaN/Inf" : `${fmt(stored)} (off scale)`;
+            }
+            return fmt(log && v !== null && v !== undefined ? 10 ** v : v);
+          },
           ...style,
         })),
       ],
@@ -222,7 +184,7 @@ export class ChartStack {
     layer.className = "overlay";
     u.over.append(layer);
     this.bindWheelAndPan(u);
-    return { u, box, layer, spec };
+    return { u, box, layer, spec, note, off: null };
   }
 
   // A zoom or pan on one chart moves the others, then tells the page (which may fetch

@@ -52,17 +52,20 @@ function append(target, tail, columns) {
   target.downsampled = target.downsampled || tail.downsampled;
 }
 
-// How far the step axis reaches: the job, and ahead of its last step as far as the plan
-// goes or the forecast crossing (plus a quarter) needs, at least a fifth of the job.
+// How far the step axis reaches: the job, and while it runs, ahead of its last step by a
+// fifth of the job as far as the plan goes (at least 10 steps), and to the forecast
+// crossing (plus a quarter) when it is no further ahead than the job is long: a crossing
+// is drawn where it is forecast even without a plan.
 function fullView() {
   const first = page.data.first_step ?? 0;
   const last = page.job.last_step ?? page.data.last_step ?? first;
-  let ahead = last + Math.max(10, 0.2 * (last - first));
-  const toGo = page.job.analysis.steps_to_instability;
-  if (toGo !== null && toGo !== undefined) ahead = Math.max(ahead, last + 1.25 * toGo);
   const planEnd = page.plan?.curve.step.length ? page.plan.curve.step.at(-1) : last;
-  if (page.job.status === "running") ahead = Math.min(ahead, Math.max(planEnd, last + 10));
-  else ahead = last;
+  let ahead = Math.min(last + Math.max(10, 0.2 * (last - first)), Math.max(planEnd, last + 10));
+  const toGo = page.job.analysis.steps_to_instability;
+  if (toGo !== null && toGo !== undefined && toGo <= Math.max(100, last - first)) {
+    ahead = Math.max(ahead, last + 1.25 * toGo);
+  }
+  if (page.job.status !== "running") ahead = last;
   return { min: first, max: Math.max(ahead, first + 1) };
 }
 
@@ -95,6 +98,19 @@ function markers() {
   return out;
 }
 
+// The ratio chart's markers: each alert's own ratio (the forecast's, at the planned LR),
+// and where the forecast crosses its alarm ratio.
+function ratioMarks() {
+  const alerts = page.alerts.filter((a) => a.stability_ratio !== null);
+  const a = page.job.analysis;
+  const crossing = { step: [], stability_ratio: [] };
+  if (a.steps_to_instability !== null && a.steps_to_instability > 0 && page.job.last_step !== null) {
+    crossing.step.push(page.job.last_step + a.steps_to_instability);
+    crossing.stability_ratio.push(a.alarm_ratio ?? 1);
+  }
+  return { alerts: { step: alerts.map((x) => x.step), stability_ratio: alerts.map((x) => x.stability_ratio) }, crossing };
+}
+
 function levels() {
   const alarm = page.job.analysis.alarm_ratio;
   const out = [{ value: 1, cls: "edge", label: "1.0: the edge of stability" }];
@@ -107,7 +123,9 @@ function draw() {
   const shown = page.detail ?? page.data;
   const plan = page.plan ? page.plan.curve : null;
   const view = page.view ?? fullView();
-  charts.update({ steps: shown.steps, sharpness: shown.sharpness, plan }, view, markers(), levels());
+  const sources = { steps: shown.steps, sharpness: shown.sharpness, plan, ...ratioMarks() };
+  const span = (page.data.last_step ?? 0) - (page.data.first_step ?? 0);
+  charts.update(sources, view, markers(), levels(), span);
   const down = ["steps", "sharpness"].filter((t) => shown[t].downsampled);
   document.getElementById("detail").textContent = down.length
     ? `${down.join(" and ")}: min/max of ${fmtSteps(shown[down[0]].rows)} rows per pixel`
@@ -210,6 +228,7 @@ function renderSummary(job) {
     card("last seen", fmtAgo(job.last_seen), fmtTime(job.last_seen)),
   );
   document.getElementById("forecast").replaceChildren(stateBadge(a.state), " ", a.reason || "");
+  renderCurvature(job);
   const optimizer = Object.entries(job.optimizer || {})
     .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`)
     .join(", ");
@@ -225,6 +244,32 @@ function renderSummary(job) {
     ["ended", fmtTime(job.ended_at)],
   ];
   document.getElementById("info").replaceChildren(...info.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+}
+
+// Fewer estimates than this and the page says why, and which option gives more.
+const FEW_ESTIMATES = 20;
+
+// How many sharpness estimates the job got, what its budget allowed, and why so few.
+function renderCurvature(job) {
+  const line = document.getElementById("curvature");
+  line.hidden = job.estimates === undefined; // a daemon that does not say
+  if (line.hidden) return;
+  const n = job.estimates;
+  const wall = (job.last_seen ?? 0) - (job.started_at ?? 0);
+  const spent = wall > 0 ? `, ${fmt((100 * job.curvature_seconds) / wall, 2)}% spent` : "";
+  const budget = job.budget === null ? "" : ` · budget ${fmt(100 * job.budget, 3)}% of training time${spent}`;
+  const parts = [
+    el("strong", { text: `${fmtSteps(n)} sharpness estimate${n === 1 ? "" : "s"}` }),
+    ` by step ${fmtSteps(job.last_step)}${budget}.`,
+  ];
+  if (n < FEW_ESTIMATES) {
+    const why = [n === 0 ? " None: the client measures sharpness only with a probe (probe= in edgewatch.attach)." : " Few: estimates are paced to stay within the budget."];
+    if (job.settle_steps) why.push(` Adam-type optimizers: the forecast ignores estimates before step ${fmtSteps(job.settle_steps)} (the second moment settles).`);
+    why.push(" More: raise ");
+    parts.push(...why, el("code", { text: "budget=" }), " in ", el("code", { text: "edgewatch.attach" }), " (HF Trainer, Lightning: ", el("code", { text: "EdgewatchCallback(budget=…)" }), ").");
+  }
+  line.dataset.estimates = String(n);
+  line.replaceChildren(...parts);
 }
 
 function renderAlerts() {
@@ -255,6 +300,6 @@ if (typeof uPlot === "undefined") {
   charts = new ChartStack(document.getElementById("charts"), { onView, onReset });
   document.getElementById("reset").addEventListener("click", onReset);
 }
-window.edgewatch = { page, charts: () => (charts ? charts.summary() : []) };
+window.edgewatch = { page, charts: () => (charts ? charts.summary() : []), plot: (id) => charts?.plot(id) ?? null };
 const stop = poll(tick, document.getElementById("live"), POLL_MS);
 window.addEventListener("pagehide", stop);
