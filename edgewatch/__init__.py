@@ -6,9 +6,10 @@
     mon.step(loss)
 
     edgewatch.find_lr(model, optimizer, probe)   # the critical LR at initialisation
+    edgewatch.preflight(model, optimizer, probe, scheduler, batches=..., loss=...)  # the plan
 
-``attach``, ``Monitor`` and ``find_lr`` need torch and are imported on first use, so that
-``import edgewatch`` (and the daemon) works where torch is not installed.
+``attach``, ``Monitor``, ``find_lr`` and ``preflight`` need torch and are imported on first
+use, so that ``import edgewatch`` (and the daemon) works where torch is not installed.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from edgewatch._version import __version__
 if TYPE_CHECKING:
     from edgewatch.client import Monitor, attach
     from edgewatch.monitor.critical_lr import find_lr
+    from edgewatch.trial import PreflightReport, preflight
 
-__all__ = ["Monitor", "__version__", "attach", "find_lr"]
+__all__ = ["Monitor", "PreflightReport", "__version__", "attach", "find_lr", "preflight"]
 
 _LAZY = {
     "attach": "edgewatch.client",
     "Monitor": "edgewatch.client",
     "find_lr": "edgewatch.monitor.critical_lr",
+    "preflight": "edgewatch.trial",
+    "PreflightReport": "edgewatch.trial",
 }
 
 

@@ -25,7 +25,14 @@ def test_exported_members_are_explicit_and_sorted() -> None:
         assert len(set(module.__all__)) == len(module.__all__)
         for name in module.__all__:
             assert getattr(module, name) is not None, f"{module.__name__}.{name}"
-    assert edgewatch.__all__ == ["Monitor", "__version__", "attach", "find_lr"]
+    assert edgewatch.__all__ == [
+        "Monitor",
+        "PreflightReport",
+        "__version__",
+        "attach",
+        "find_lr",
+        "preflight",
+    ]
 
 
 def test_attach_signature_is_the_documented_one() -> None:

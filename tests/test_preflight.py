@@ -1,0 +1,154 @@
+"""edgewatch.preflight: the verdict on exact quadratics, and a pre-flight leaves the
+user's model, optimizer, scheduler and RNG states exactly as they were."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import edgewatch
+from edgewatch.trial.grid import make_grid
+
+CURVATURES = torch.tensor([10.0, 3.0, 1.0, 0.5])  # λ_max = 10: GD's edge is η = 0.2
+
+
+class Quadratic(torch.nn.Module):
+    """½ Σ λ_i w_i²: the Hessian is diag(λ), the same at every point."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+
+    def forward(self) -> torch.Tensor:
+        return 0.5 * (CURVATURES.double() * self.w**2).sum()
+
+
+def quadratic_preflight(
+    plan: object, steps: int = 40, total: int | None = None, **kw: object
+) -> edgewatch.PreflightReport:
+    model = Quadratic()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    return edgewatch.preflight(
+        model, opt, lambda m: m(), plan, steps=steps, batches=lambda: None,
+        loss=lambda m, _: m(), total_steps=total or steps, **kw,
+    )  # fmt: skip
+
+
+def test_a_warmup_crossing_the_edge_is_reported_at_its_step() -> None:
+    # η_t = 0.02·(t + 1): η·λ = 2 first at step 9 (η = 0.2), and 4× the edge at the
+    # peak (η = 0.8): past Rules.hot (3), unsafe whatever the loss has shown so far.
+    report = quadratic_preflight(lambda t: 0.02 * (t + 1))
+    assert report.crossing is not None
+    assert report.crossing[0] == 9 and report.crossing[2] == pytest.approx(1.0, rel=1e-3)
+    assert report.verdict == "unsafe"
+    assert report.fix is not None and report.fix.verdict == "safe"
+    assert report.fix.peak_lr < 0.2  # a lower peak under the edge, measured in its trial
+
+
+def test_a_compressed_plan_locates_the_crossing_within_one_stride() -> None:
+    # A 600-step warmup to 0.6 seen in 40 trial steps (stride ≈ 15): the edge is at plan
+    # step 199; the first trained step at or past it is within one stride.
+    report = quadratic_preflight(lambda t: 0.001 * (t + 1), total=600)
+    assert report.stride > 1
+    assert report.crossing is not None
+    assert 199 <= report.crossing[0] <= 199 + report.stride + 1
+
+
+def test_safe_borderline_and_hot_from_the_start() -> None:
+    safe = quadratic_preflight(lambda t: 0.1)  # ratio 0.5
+    assert safe.verdict == "safe" and safe.margin == pytest.approx(2.0, rel=1e-3)
+    assert safe.fix is None
+    edge = quadratic_preflight(lambda t: 0.19)  # ratio 0.95
+    assert edge.verdict == "borderline" and edge.peak_ratio == pytest.approx(0.95, rel=1e-3)
+    hot = quadratic_preflight(lambda t: 0.5)  # ratio 2.5 from step 0
+    assert hot.verdict == "unsafe"
+    assert hot.fix is not None and hot.fix.peak_lr * 10 < 2.0
+    text = str(hot)
+    assert "UNSAFE" in text and "fix: peak LR" in text
+
+
+def test_grid_keeps_short_plans_and_compresses_long_ones() -> None:
+    short = make_grid([0.1] * 50, 100)
+    assert short.stride == 1.0 and len(short) == 50
+    plan = [min(1.0, (t + 1) / 1000) for t in range(5000)]
+    long = make_grid(plan, 100)
+    assert long.peak_step == 999 and 999 in long.plan_steps
+    assert long.stride == pytest.approx((1000 + 250 - 1) / 99)
+    assert long.warmup_steps == 1000
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.Tanh(),
+            torch.nn.Dropout(0.2), torch.nn.Linear(16, 3),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_the_users_objects_and_rng_states_are_untouched(kind: str) -> None:
+    torch.manual_seed(0)
+    model = Net()
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    loss_fn = torch.nn.functional.cross_entropy
+    if kind == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / 10))
+    for _ in range(3):  # some optimizer and scheduler state to keep
+        loss_fn(model(x), y).backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    before = (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [p.grad for p in model.parameters()],
+        torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy(),
+        repr(opt.state_dict()), repr(sched.state_dict()),
+    )  # fmt: skip
+
+    def batches() -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.randint(0, 64, (16,))  # draws from the global RNG on purpose
+        random.random()
+        np.random.rand()
+        return x[i], y[i]
+
+    report = edgewatch.preflight(
+        model, opt, lambda m: loss_fn(m(x[:32]), y[:32]), sched, steps=30,
+        batches=batches, loss=lambda m, b: loss_fn(m(b[0]), b[1]), total_steps=30,
+        target_batches=lambda: (x[:48], y[:48]),
+    )  # fmt: skip
+    assert report.verdict in ("safe", "borderline", "unsafe")
+    assert report.batch is not None and report.batch.target_size == 48
+    after_state = model.state_dict()
+    for k, v in before[0].items():
+        assert torch.equal(v, after_state[k]), k
+    assert [p.grad for p in model.parameters()] == before[1]
+    assert torch.equal(torch.get_rng_state(), before[2])
+    assert random.getstate() == before[3]
+    assert np.array_equal(np.random.get_state()[1], before[4])
+    assert repr(opt.state_dict()) == before[5]
+    assert repr(sched.state_dict()) == before[6]
+
+
+def test_the_report_has_a_record_and_a_picture(tmp_path: object) -> None:
+    import json
+    import pathlib
+
+    report = quadratic_preflight(lambda t: 0.02 * (t + 1))
+    record = report.to_record()
+    assert json.loads(json.dumps(record, allow_nan=False))["verdict"] == "unsafe"
+    path = pathlib.Path(str(tmp_path)) / "preflight.png"
+    report.save_png(str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
