@@ -362,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=600)
     demo.add_argument("--workdir", default=".demo", help="where the demo database goes")
     demo.set_defaults(func=cmd_demo)
+    from edgewatch.trial.command import add_parser  # imports no torch until it runs
+
+    add_parser(sub)
     return parser
 
 

@@ -67,7 +67,7 @@ def test_safe_borderline_and_hot_from_the_start() -> None:
     assert hot.verdict == "unsafe"
     assert hot.fix is not None and hot.fix.peak_lr * 10 < 2.0
     text = str(hot)
-    assert "UNSAFE" in text and "fix: peak LR" in text
+    assert "UNSAFE" in text and "fix (scale): peak LR" in text
 
 
 def test_grid_keeps_short_plans_and_compresses_long_ones() -> None:

@@ -91,6 +91,8 @@ class Monitor:
     - ``critical_sharpness`` (False): also spend 30% of the curvature budget on the
       forward-only critical sharpness along the last update (``client/curvature.py``);
       off by default: on the instability benchmark it added nothing to the forecast.
+    - ``preflight``: the job's ``edgewatch.preflight`` report, sent with the job start
+      and shown by the daemon (``/api/jobs/{id}``, the job page).
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class Monitor:
         client_key: str | None = None,
         spool_dir: str | None = None,
         spool_max_bytes: int = 1 << 30,
+        preflight: Any = None,
     ) -> None:
         check_arguments(optimizer, job, endpoint, budget, total_steps)
         self.job = job
@@ -178,6 +181,7 @@ class Monitor:
                 optimizer=describe_optimizer(optimizer),
                 total_steps=total_steps,
                 budget=budget,
+                preflight=preflight.to_record() if preflight is not None else None,
             )
             self.sender = Sender(
                 endpoint,

@@ -20,7 +20,7 @@ Schema evolution (msgspec ``docs/schema-evolution.rst``), binding on every chang
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import msgspec
 
@@ -68,6 +68,8 @@ class JobStart(Record, frozen=True, kw_only=True, tag="job_start"):
     total_steps: int | None = None
     budget: float = 0.02
     """Share of training wall time the client may spend on curvature."""
+    preflight: dict[str, Any] | None = None
+    """The job's pre-flight report (``PreflightReport.to_record()``), when it had one."""
 
 
 class Step(Record, frozen=True, kw_only=True, tag="step"):

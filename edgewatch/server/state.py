@@ -36,6 +36,8 @@ class JobState:
     total_steps: int | None = None
     budget: float | None = None
     """Share of the training's wall time the client may spend on curvature (JobStart)."""
+    preflight: dict[str, Any] | None = None
+    """The run's pre-flight report, as the client sent it."""
     settle_steps: int | None = None
     """Adam-type optimizers: steps before which estimates are left out of the forecast
     (the forecast's setting; the default for a finished job restored after a restart);
@@ -85,6 +87,7 @@ class JobState:
             pid=row.get("pid"),
             total_steps=row["total_steps"],
             budget=row.get("budget"),
+            preflight=row.get("preflight"),
             settle_steps=PredictorSettings().settle_steps
             if uses_preconditioned_sharpness(str((row["optimizer"] or {}).get("kind", "")))
             else None,
@@ -134,6 +137,7 @@ class JobState:
             "total_steps": self.total_steps,
             "budget": self.budget,
             "settle_steps": self.settle_steps,
+            "preflight": self.preflight,
             "optimizer": self.optimizer,
             "lr": self.lr,
             "loss": self.loss,

@@ -130,6 +130,7 @@ class Store:
             "torch_version": start.torch_version,
             "total_steps": start.total_steps,
             "budget": start.budget,
+            "preflight": start.preflight,
             "started_at": start.wall_time,
             "ended_at": None,
             "last_seen": start.wall_time,

@@ -44,6 +44,8 @@ class JobRow(Base):
     torch_version: Mapped[str] = mapped_column(String(64), default="")
     total_steps: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     budget: Mapped[float] = mapped_column(Float, default=0.02)
+    preflight: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The pre-flight report sent with the run's JobStart (README, "Pre-flight")."""
     started_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_seen: Mapped[float] = mapped_column(Float)

@@ -14,8 +14,22 @@ long job starts. (A package named ``trial``: ``edgewatch.preflight`` is the func
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from edgewatch.trial.report import BatchScaling, Fix, PreflightReport
-from edgewatch.trial.run import preflight
 from edgewatch.trial.verdict import Rules
 
+if TYPE_CHECKING:
+    from edgewatch.trial.run import preflight
+
 __all__ = ["BatchScaling", "Fix", "PreflightReport", "Rules", "preflight"]
+
+
+def __getattr__(name: str) -> Any:
+    # torch on first use only: ``edgewatch preflight`` is registered by a CLI that must
+    # import where torch is not installed.
+    if name == "preflight":
+        from edgewatch.trial.run import preflight
+
+        return preflight
+    raise AttributeError(f"module 'edgewatch.trial' has no attribute {name!r}")

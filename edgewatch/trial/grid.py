@@ -88,6 +88,16 @@ def capped(plan: Callable[[int], float], cap: float) -> Callable[[int], float]:
     return lambda step: min(plan(step), cap)
 
 
+def scaled(plan: Callable[[int], float], factor: float) -> Callable[[int], float]:
+    """The plan's shape at ``factor`` times its LRs (a lower peak, warmup and decay kept)."""
+    return lambda step: plan(step) * factor
+
+
+def has_jump(lrs: Sequence[float], after: int) -> bool:
+    """Whether the LR rises by half or more from one step to the next after ``after``."""
+    return any(lrs[i] > 1.5 * lrs[i - 1] for i in range(max(1, after), len(lrs)))
+
+
 def stretched(plan: Callable[[int], float], warmup: int, factor: float) -> Callable[[int], float]:
     """The plan with its first ``warmup`` steps taking ``factor`` times as long (the same
     peak, reached later), the rest of the plan shifted by the extra steps."""

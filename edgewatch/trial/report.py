@@ -18,6 +18,9 @@ class Fix:
     verdict: str
     max_ratio: float
     """Sharpness × LR over the edge, the highest in its trial."""
+    kind: str = "scale"
+    """"warmup" (the same peak, a longer warmup), "scale" (the plan's shape at a lower
+    peak) or "cap" (the plan with its LR never above the peak: for a scheduled jump)."""
 
     @property
     def margin(self) -> float:
@@ -106,7 +109,7 @@ class PreflightReport:
         if self.fix is not None:
             f = self.fix
             lines.append(
-                f"  fix: peak LR {f.peak_lr:.3g}, warmup {f.warmup_steps} steps "
+                f"  fix ({f.kind}): peak LR {f.peak_lr:.3g}, warmup {f.warmup_steps} steps "
                 f"({f.verdict} in its own trial, sharpness × LR ≤ {f.max_ratio:.3g} of the "
                 f"edge, margin ×{f.margin:.3g})"
             )

@@ -9,7 +9,6 @@ came in the warmup (the network flattens first: Kalra & Barkeshli 2024, arXiv
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -20,14 +19,15 @@ from edgewatch.client.schedule import PLAN_STEPS, PlanSource
 from edgewatch.monitor.settings import PredictorSettings
 from edgewatch.monitor.thresholds import threshold_for, uses_preconditioned_sharpness
 from edgewatch.trial.batch import measure_batch_scaling
-from edgewatch.trial.grid import TrialGrid, capped, make_grid, stretched
+from edgewatch.trial.grid import TrialGrid, capped, has_jump, make_grid, scaled, stretched
 from edgewatch.trial.report import Fix, PreflightReport
 from edgewatch.trial.train import BatchLoss, BatchSource, ModelLoss, Trace, run_trial
 from edgewatch.trial.verdict import Judgement, Rules, judge
 
 LAG = 5  # trial steps between an LR too high and the loss showing it
 FIX_CAP = 0.8  # a lower peak starts at this share of the highest LR that was safe
-MAX_FIXES = 4  # candidate plans tried at most
+MAX_FIXES = 8  # candidate plans tried at most
+SHRINK = 3.0  # each lower peak tried is this much under the last
 
 
 def preflight(
@@ -148,33 +148,39 @@ def search_fix(
 ) -> Fix | None:
     """Try candidate plans, the one closest to the original first; the first safe one."""
     length = max(grid.plan_steps) + 1
-    candidates: list[tuple[Callable[[int], float], float, int]] = []
+    candidates: list[tuple[Callable[[int], float], float, int, str]] = []
     if grid.warmup_steps > 1 and j.trouble is not None:
         trouble_step = trace.plan_steps[min(j.trouble, len(trace.plan_steps) - 1)]
         if trouble_step <= grid.warmup_steps + grid.stride * LAG:
             for factor in (2.0, 4.0):  # the same peak, reached later
                 warm = grid.warmup_steps
-                candidates.append(
-                    (stretched(plan, warm, factor), grid.peak_lr, round(warm * factor))
-                )
-    cap = FIX_CAP * safe_lr if safe_lr else grid.peak_lr / 10
-    if j.max_ratio > 1 and math.isfinite(j.max_ratio):  # the measured edge, with room
-        cap = min(cap, FIX_CAP * grid.peak_lr / j.max_ratio)
-    for shrink in (1.0, 1 / 3, 1 / 10):
-        candidates.append((capped(plan, cap * shrink), cap * shrink, grid.warmup_steps))
+                fn = stretched(plan, warm, factor)
+                candidates.append((fn, grid.peak_lr, round(warm * factor), "warmup"))
+    # A lower peak: below the highest LR that was safe, else a tenth of the peak, and
+    # lower by SHRINK each time. A scheduled jump is capped (the plan below it is kept);
+    # otherwise the plan's shape is scaled (its decay kept).
+    peak = FIX_CAP * safe_lr if safe_lr else grid.peak_lr / 10
+    jump = has_jump([plan(s) for s in range(length)], grid.warmup_steps + 1)
+    for _ in range(MAX_FIXES):
+        if jump:
+            candidates.append((capped(plan, peak), peak, grid.warmup_steps, "cap"))
+        else:
+            factor = peak / grid.peak_lr
+            candidates.append((scaled(plan, factor), peak, grid.warmup_steps, "scale"))
+        peak /= SHRINK
     best = None
-    for fn, peak, warmup in candidates[: MAX_FIXES + 1]:
+    for fn, top, warmup, kind in candidates[: MAX_FIXES + 2]:
         if time.monotonic() > deadline:
             break
         span = length + max(0, warmup - grid.warmup_steps)
         g = make_grid([fn(s) for s in range(span)], steps)
-        t, k = trial(g, f"fix (peak {peak:.3g}, warmup {warmup})")
+        t, k = trial(g, f"fix (peak {top:.3g}, warmup {warmup})")
         if t.truncated:
             break
         if k.verdict == "safe":
-            return Fix(peak, warmup, k.verdict, k.max_ratio)
+            return Fix(top, warmup, k.verdict, k.max_ratio, kind)
         if k.verdict == "borderline" and best is None:
-            best = Fix(peak, warmup, k.verdict, k.max_ratio)
+            best = Fix(top, warmup, k.verdict, k.max_ratio, kind)
     return best
 
 
@@ -183,6 +189,7 @@ def curves(trace: Trace, constant: float) -> dict[str, list[float]]:
         "plan_step": [float(s) for s in trace.plan_steps],
         "lr": list(trace.lrs),
         "loss": list(trace.losses),
+        "est_trial": [float(e.trial_step) for e in trace.estimates],
         "est_step": [float(e.plan_step) for e in trace.estimates],
         "est_lr": [e.lr for e in trace.estimates],
         "est_ratio": [e.value * e.lr / constant for e in trace.estimates],

@@ -21,12 +21,14 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 
 from edgewatch.monitor.curvature import sharpness
+from edgewatch.monitor.eigen import NotConvergedWarning
 from edgewatch.monitor.isolation import private_generator, rng_preserved
 
 ModelLoss = Callable[[torch.nn.Module], torch.Tensor]
@@ -42,6 +44,7 @@ class Estimate:
     lr: float
     value: float
     matvecs: int
+    converged: bool = True
 
 
 @dataclasses.dataclass
@@ -155,12 +158,14 @@ def _train(
             trace.stopped = True
             break
         if i % every == 0 or i == len(lrs) - 1:
-            est = sharpness(
-                model, lambda: probe(model), opt, vector, tol=2e-2, max_iter=20,
-                generator=generator, gap=gap,
-            )  # fmt: skip
+            with warnings.catch_warnings():  # non-convergence is kept as data, per estimate
+                warnings.simplefilter("ignore", NotConvergedWarning)
+                est = sharpness(
+                    model, lambda: probe(model), opt, vector, tol=2e-2, max_iter=20,
+                    generator=generator, gap=gap,
+                )  # fmt: skip
             vector, gap = est.vector, est.gap
-            trace.estimates.append(Estimate(i, step, lr, est.value, est.matvecs))
+            trace.estimates.append(Estimate(i, step, lr, est.value, est.matvecs, est.converged))
         for group, ratio in zip(opt.param_groups, ratios, strict=True):
             group["lr"] = lr * ratio
         opt.zero_grad(set_to_none=True)

@@ -206,6 +206,17 @@ function card(label, value, title) {
   return el("div", { class: "card", title }, el("span", { class: "label", text: label }), el("span", { class: "value", text: value }));
 }
 
+// The pre-flight the job attached with (edgewatch.preflight): verdict, margin, fix.
+function preflightCard(p) {
+  if (!p) return [];
+  const margin = p.margin === null ? "" : `, margin ×${fmt(p.margin, 3)}`;
+  const fix = p.fix ? ` · fix: peak LR ${fmt(p.fix.peak_lr, 3)}, warmup ${fmtSteps(p.fix.warmup_steps)}` : "";
+  const c = card("pre-flight", `${p.verdict}${margin}${fix}`, p.reason);
+  c.id = "preflight";
+  c.dataset.verdict = p.verdict;
+  return [c];
+}
+
 function renderSummary(job) {
   const a = job.analysis;
   document.title = `edgewatch: ${job.job_id}`;
@@ -226,6 +237,7 @@ function renderSummary(job) {
     card("recommended LR", a.recommended_lr === null ? "–" : `≤ ${fmt(a.recommended_lr, 3)}`),
     card("recommended warmup", a.recommended_warmup_steps ? `${fmtSteps(a.recommended_warmup_steps)} steps` : "–"),
     card("last seen", fmtAgo(job.last_seen), fmtTime(job.last_seen)),
+    ...preflightCard(job.preflight),
   );
   document.getElementById("forecast").replaceChildren(stateBadge(a.state), " ", a.reason || "");
   renderCurvature(job);
