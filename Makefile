@@ -8,7 +8,7 @@ DEV    := $(VENV)/.installed-dev
 # present in the venv is kept.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench bench-ingest bench-client bench-curvature bench-predict bench-alerts bench-fuzz bench-load bench-outage bench-web clean
+.PHONY: demo test lint bench bench-ingest bench-client bench-curvature bench-predict bench-preflight bench-alerts bench-fuzz bench-load bench-outage bench-web clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
@@ -35,7 +35,7 @@ lint: $(DEV)
 test: lint
 	$(VENV)/bin/pytest
 
-bench: bench-ingest bench-client bench-curvature bench-predict bench-alerts bench-fuzz bench-load bench-outage bench-web
+bench: bench-ingest bench-client bench-curvature bench-predict bench-preflight bench-alerts bench-fuzz bench-load bench-outage bench-web
 
 bench-ingest: $(DEV)
 	$(PY) bench/ingest.py
@@ -57,6 +57,11 @@ bench-curvature: $(DEV)
 # track (about 25 minutes on 2 cores); report in bench/out/predict.md.
 bench-predict: $(DEV)
 	cd bench && ../$(PY) predict.py
+
+# Pre-flight's verdict and fix against the full runs of the fast families and a sample of
+# char_gpt (about 15 minutes on 2 cores); report in bench/out/preflight.md.
+bench-preflight: $(DEV)
+	cd bench && ../$(PY) preflight.py
 
 # Record-to-webhook delay through real Prometheus and Alertmanager (about 3 minutes).
 bench-alerts: $(DEV)

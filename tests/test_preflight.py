@@ -70,6 +70,25 @@ def test_safe_borderline_and_hot_from_the_start() -> None:
     assert "UNSAFE" in text and "fix (scale): peak LR" in text
 
 
+def test_a_scheduled_jump_is_cut_down_and_the_fix_is_a_plan() -> None:
+    # 0.1 (ratio 0.5) then ×8 at step 20 (ratio 4): the fix cuts the jump, keeps the rest.
+    def plan(t: int) -> float:
+        return 0.1 if t < 20 else 0.8
+
+    report = quadratic_preflight(plan)
+    assert report.verdict == "unsafe" and report.crossing is not None
+    assert report.crossing[0] == 20
+    assert report.fix is not None and report.fix.kind == "jump"
+    assert report.fix.jump_step == 20 and report.fix.peak_lr < 0.2
+    fixed = report.fixed_plan(plan)
+    assert fixed is not None
+    assert fixed(5) == 0.1 and fixed(30) == pytest.approx(report.fix.peak_lr)
+    hot = quadratic_preflight(lambda t: 0.5)
+    assert hot.fix is not None and hot.fix.kind == "scale"
+    scaled = hot.fixed_plan(lambda t: 0.5)
+    assert scaled is not None and scaled(7) == pytest.approx(hot.fix.peak_lr)
+
+
 def test_grid_keeps_short_plans_and_compresses_long_ones() -> None:
     short = make_grid([0.1] * 50, 100)
     assert short.stride == 1.0 and len(short) == 50

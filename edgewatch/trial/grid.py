@@ -48,13 +48,13 @@ class TrialGrid:
 
 
 def warmup_length(lrs: Sequence[float]) -> int:
-    """Steps over which the plan's LR rises from its start to its first maximum."""
+    """Steps over which the plan's LR rises, step after step, from step 0 (0: it does not;
+    a rise after a flat stretch is a scheduled jump, not a warmup)."""
     steps = 0
     for i in range(1, len(lrs)):
-        if lrs[i] > lrs[i - 1] * (1 + 1e-9):
-            steps = i + 1
-        elif lrs[i] < lrs[i - 1]:
+        if not lrs[i] > lrs[i - 1] * (1 + 1e-9):
             break
+        steps = i + 1
     return steps
 
 
@@ -93,9 +93,15 @@ def scaled(plan: Callable[[int], float], factor: float) -> Callable[[int], float
     return lambda step: plan(step) * factor
 
 
-def has_jump(lrs: Sequence[float], after: int) -> bool:
-    """Whether the LR rises by half or more from one step to the next after ``after``."""
-    return any(lrs[i] > 1.5 * lrs[i - 1] for i in range(max(1, after), len(lrs)))
+def first_jump(lrs: Sequence[float], after: int) -> int | None:
+    """The first step after ``after`` where the LR rises by half or more in one step."""
+    return next((i for i in range(max(1, after), len(lrs)) if lrs[i] > 1.5 * lrs[i - 1]), None)
+
+
+def jump_scaled(plan: Callable[[int], float], at: int, factor: float) -> Callable[[int], float]:
+    """The plan with everything from step ``at`` on (a scheduled rise) times ``factor``:
+    the rise cut down, the plan's course after it kept."""
+    return lambda step: plan(step) * (factor if step >= at else 1.0)
 
 
 def stretched(plan: Callable[[int], float], warmup: int, factor: float) -> Callable[[int], float]:
@@ -109,3 +115,20 @@ def stretched(plan: Callable[[int], float], warmup: int, factor: float) -> Calla
         return plan(step - longer + warmup)
 
     return fn
+
+
+def apply_fix(
+    plan: Callable[[int], float],
+    kind: str,
+    peak_lr: float,
+    warmup_steps: int,
+    plan_peak: float,
+    plan_warmup: int,
+    jump_step: int | None = None,
+) -> Callable[[int], float]:
+    """The plan a ``Fix`` describes (``report.py``), from the original ``plan``."""
+    if kind == "warmup" and plan_warmup > 0:
+        return stretched(plan, plan_warmup, warmup_steps / plan_warmup)
+    if kind == "jump" and jump_step is not None:
+        return jump_scaled(plan, jump_step, min(1.0, peak_lr / plan(jump_step)))
+    return scaled(plan, peak_lr / plan_peak)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
+
+from edgewatch.trial.grid import apply_fix
 
 MAX_POINTS = 200  # points of each curve kept in the record sent to the daemon
 
@@ -20,7 +23,9 @@ class Fix:
     """Sharpness × LR over the edge, the highest in its trial."""
     kind: str = "scale"
     """"warmup" (the same peak, a longer warmup), "scale" (the plan's shape at a lower
-    peak) or "cap" (the plan with its LR never above the peak: for a scheduled jump)."""
+    peak) or "jump" (a scheduled rise at ``jump_step`` cut so that the LR after it is at
+    most ``peak_lr``, the plan's course after it kept)."""
+    jump_step: int | None = None
 
     @property
     def margin(self) -> float:
@@ -109,7 +114,8 @@ class PreflightReport:
         if self.fix is not None:
             f = self.fix
             lines.append(
-                f"  fix ({f.kind}): peak LR {f.peak_lr:.3g}, warmup {f.warmup_steps} steps "
+                f"  fix ({f.kind}{'' if f.jump_step is None else f' at step {f.jump_step}'}): "
+                f"peak LR {f.peak_lr:.3g}, warmup {f.warmup_steps} steps "
                 f"({f.verdict} in its own trial, sharpness × LR ≤ {f.max_ratio:.3g} of the "
                 f"edge, margin ×{f.margin:.3g})"
             )
@@ -133,6 +139,16 @@ class PreflightReport:
         out["curves"] = {k: _thin(v) for k, v in self.curves.items()}
         cleaned: dict[str, Any] = _finite(out)
         return cleaned
+
+    def fixed_plan(self, plan: Callable[[int], float]) -> Callable[[int], float] | None:
+        """The fix as a function step -> LR (to pass as the scheduler), from the plan's
+        own function; None when there is no fix."""
+        f = self.fix
+        if f is None:
+            return None
+        return apply_fix(
+            plan, f.kind, f.peak_lr, f.warmup_steps, self.peak_lr, self.warmup_steps, f.jump_step
+        )
 
     def save_png(self, path: str) -> None:
         from edgewatch.trial.plot import draw

@@ -19,7 +19,7 @@ from edgewatch.client.schedule import PLAN_STEPS, PlanSource
 from edgewatch.monitor.settings import PredictorSettings
 from edgewatch.monitor.thresholds import threshold_for, uses_preconditioned_sharpness
 from edgewatch.trial.batch import measure_batch_scaling
-from edgewatch.trial.grid import TrialGrid, capped, has_jump, make_grid, scaled, stretched
+from edgewatch.trial.grid import TrialGrid, first_jump, jump_scaled, make_grid, scaled, stretched
 from edgewatch.trial.report import Fix, PreflightReport
 from edgewatch.trial.train import BatchLoss, BatchSource, ModelLoss, Trace, run_trial
 from edgewatch.trial.verdict import Judgement, Rules, judge
@@ -157,13 +157,14 @@ def search_fix(
                 fn = stretched(plan, warm, factor)
                 candidates.append((fn, grid.peak_lr, round(warm * factor), "warmup"))
     # A lower peak: below the highest LR that was safe, else a tenth of the peak, and
-    # lower by SHRINK each time. A scheduled jump is capped (the plan below it is kept);
-    # otherwise the plan's shape is scaled (its decay kept).
+    # lower by SHRINK each time. A scheduled jump is cut down (the plan before and after
+    # it kept); otherwise the plan's shape is scaled (its warmup and decay kept).
     peak = FIX_CAP * safe_lr if safe_lr else grid.peak_lr / 10
-    jump = has_jump([plan(s) for s in range(length)], grid.warmup_steps + 1)
+    at = first_jump([plan(s) for s in range(length)], grid.warmup_steps + 1)
     for _ in range(MAX_FIXES):
-        if jump:
-            candidates.append((capped(plan, peak), peak, grid.warmup_steps, "cap"))
+        if at is not None:
+            factor = min(1.0, peak / plan(at))
+            candidates.append((jump_scaled(plan, at, factor), peak, grid.warmup_steps, "jump"))
         else:
             factor = peak / grid.peak_lr
             candidates.append((scaled(plan, factor), peak, grid.warmup_steps, "scale"))
@@ -178,9 +179,9 @@ def search_fix(
         if t.truncated:
             break
         if k.verdict == "safe":
-            return Fix(top, warmup, k.verdict, k.max_ratio, kind)
+            return Fix(top, warmup, k.verdict, k.max_ratio, kind, at if kind == "jump" else None)
         if k.verdict == "borderline" and best is None:
-            best = Fix(top, warmup, k.verdict, k.max_ratio, kind)
+            best = Fix(top, warmup, k.verdict, k.max_ratio, kind, at if kind == "jump" else None)
     return best
 
 
