@@ -13,9 +13,10 @@ The state ladder and its hysteresis are in ``ladder.py``. An estimate of the hor
 before an alarm never teaches the sustained level, and the LR in force when a job went
 unstable caps every later recommendation (``recommend.py``).
 
-Per step the work is O(1): a few exponential averages and comparisons. The crossing is
-a step number, recomputed only when a sharpness estimate, a plan or an LR off the plan
-arrives.
+Per step the work is O(1): a few exponential averages and comparisons, and a block of
+steps is advanced in arrays where nothing but the averages moves (``window.py``). The
+crossing is a step number, recomputed only when a sharpness estimate, a plan or an LR
+off the plan arrives.
 """
 
 from __future__ import annotations
@@ -25,16 +26,17 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from edgewatch.monitor.crossing import Crossing, CurvatureForecast, Estimate
+from edgewatch.monitor.crossing import CurvatureForecast, Estimate
 from edgewatch.monitor.ladder import ALARM_STATES, DAMAGED_STATES, STATES, climb
 from edgewatch.monitor.plan import LRPlan, lr_moved
-from edgewatch.monitor.precursors import Excursion, LossHealth
-from edgewatch.monitor.recommend import Advice, Recommendation, explain, recommend
+from edgewatch.monitor.precursors import Excursion, LossHealth, per_lr
+from edgewatch.monitor.readout import Readout
+from edgewatch.monitor.recommend import Advice, Recommendation, recommend
 from edgewatch.monitor.settings import DEFAULT_SETTINGS, Alert, PredictorSettings, State
 from edgewatch.monitor.thresholds import threshold_for, uses_preconditioned_sharpness
 
-if TYPE_CHECKING:
-    from edgewatch.monitor.batch import StepLike
+if TYPE_CHECKING:  # window.py imports NumPy and SciPy: loaded by the block path's first use
+    from edgewatch.monitor.window import StepLike
 
 __all__ = [  # the settings and Alert live in settings.py; importers of this module keep them
     "ALARM_STATES",
@@ -51,13 +53,7 @@ RISING = 1.01  # an LR over 1% above its value RISING_WINDOW steps before is ris
 RISING_WINDOW = 20
 
 
-def per_lr(update_norm: float | None, lr: float) -> float | None:
-    """‖Δθ‖/η: the update's size with the LR's own rise or decay taken out (the plan and
-    the crossing forecast speak for those), what the update-norm precursor follows."""
-    return update_norm / lr if update_norm is not None and lr > 0 else None
-
-
-class JobForecast:
+class JobForecast(Readout):
     """Feed one job's records in sequence order; read ``state`` and the forecast.
 
     ``observe_*`` return an :class:`Alert` when the state changes, else None.
@@ -186,12 +182,84 @@ class JobForecast:
         return self._judge(step)
 
     def observe_steps(self, records: Sequence[StepLike]) -> list[Alert]:
-        """Many steps in sequence order: the alerts ``observe_step`` would raise one by
-        one, at a fraction of the cost (``batch.py``, which imports NumPy and SciPy: only
-        the daemon and replay need it)."""
-        from edgewatch.monitor.batch import observe_steps
+        """Many steps in sequence order: the alerts ``observe_step`` would raise one by one,
+        O(1) per record: a window that doubles while it is all quiet, MIN_BLOCK after a step
+        that was not, and up to MAX_BACKOFF scalar steps between tries that find none."""
+        import numpy as np
 
-        return observe_steps(self, records)
+        from edgewatch.monitor.window import MAX_BACKOFF, MIN_BLOCK
+
+        alerts: list[Alert] = []
+        i, n = 0, len(records)
+        window, backoff, wait = MIN_BLOCK, 0, 0
+        while i < n:
+            if wait == 0 and n - i >= MIN_BLOCK:
+                with np.errstate(all="ignore"):  # overflow to inf is data, as in floats
+                    quiet = self._advance_quietly(records[i : i + window])
+                i += quiet
+                if quiet == window:  # all quiet so far: look further at once
+                    window *= 2
+                    continue
+                window = MIN_BLOCK
+                backoff = 0 if quiet else min(max(1, 2 * backoff), MAX_BACKOFF)
+                wait = backoff
+            elif wait:
+                wait -= 1
+            if i < n:  # the step where something may happen: the scalar path decides
+                r = records[i]
+                alert = self.observe_step(
+                    r.step, r.lr, r.loss, r.grad_norm, r.update_norm, r.moment_ratio
+                )
+                if alert is not None:
+                    alerts.append(alert)
+                i += 1
+        return alerts
+
+    def _advance_quietly(self, block: Sequence[StepLike]) -> int:
+        """Advance over the longest run of ``block`` in which nothing but the averages
+        moves: each average scans the block, the first step that is not quiet is found,
+        the averages commit the steps before it. Returns how many (0: none)."""
+        import numpy as np
+
+        from edgewatch.monitor.window import columns, off_plan, quiet_counts
+
+        if self.state == "diverged" or self.loss.seen == 0:
+            return 0
+        cols = columns(block, self.step)
+        if cols is None:
+            return 0  # unusual clients: one at a time
+        steps, lrs, losses, grads, ok = cols
+        s = self.settings
+        health = self.loss.scan(losses)
+        ok &= self.loss.calm(health)
+        damaged = self.loss.over_in(health, s.damage)
+        if self.nearest is not None:
+            ok &= self.nearest[0] - steps > s.horizon
+        ok &= ~off_plan(self.plan, self.lr_scale, self.lr_assumed, steps, lrs)
+        scans = []
+        for excursion, values in (
+            (self.grad_precursor, grads),
+            (self.update_precursor, [per_lr(r.update_norm, r.lr) for r in block]),
+            (self.moment_precursor, [r.moment_ratio for r in block]),
+        ):
+            if excursion is not None:
+                scan = excursion.scan(values)
+                if scan is None:
+                    return 0
+                ok &= scan.fine
+                scans.append((excursion, scan))
+        quiet = quiet_counts(self.state == "unstable", self.quiet, damaged)
+        ok &= quiet < s.recover_steps if self.state != "stable" else True
+        m = len(block) if ok.all() else int(np.argmin(ok))  # the first step not quiet
+        if m == 0:
+            return 0
+        self.step, self.lr = int(steps[m - 1]), float(lrs[m - 1])
+        self.recent_lrs.extend(lrs[max(0, m - (self.recent_lrs.maxlen or m)) : m].tolist())
+        self.loss.commit(health, m)
+        for excursion, scan in scans:
+            excursion.commit(scan, m)
+        self.quiet = int(quiet[m - 1])
+        return m
 
     def observe_event(self, step: int, kind: str) -> Alert | None:
         """``nonfinite_loss`` / ``nonfinite_grad_norm`` (the client sends one after such a
@@ -199,64 +267,6 @@ class JobForecast:
         if self.state == "diverged" or kind not in NONFINITE_EVENTS:
             return None
         return self._set("diverged", step, f"non-finite {NONFINITE_EVENTS[kind]} at step {step}")
-
-    # -- outputs ----------------------------------------------------------------------
-
-    @property
-    def crossing(self) -> Crossing | None:
-        return self.curvature.last
-
-    @property
-    def estimates(self) -> list[Estimate]:
-        """The recent estimates that entered the forecast."""
-        return list(self.curvature.estimates)
-
-    @property
-    def steps_to_instability(self) -> float:
-        if self.state == "diverged":
-            return 0.0
-        crossing = self.crossing
-        if crossing is None or crossing.at is None:
-            return math.inf
-        return float(max(0, crossing.at - self.step))
-
-    @property
-    def sustained_level(self) -> float | None:
-        """The level the current forecast's alarm ratio was set from (None: none yet)."""
-        crossing = self.crossing
-        return crossing.level if crossing is not None and crossing.level > 0 else None
-
-    @property
-    def alarm_ratio(self) -> float:
-        """The forecast ratio that counts as a crossing now: ``margin`` × max(1, level).
-        ``margin`` is the headroom a network has over the quadratic's limit before the
-        loss spikes (it catapults instead, Lewkowycz et al. 2020, arXiv 2003.02218)."""
-        crossing = self.crossing
-        return crossing.alarm_ratio if crossing is not None else self.settings.margin
-
-    @property
-    def recommended_lr(self) -> float | None:
-        return self.advice.current.lr
-
-    @property
-    def recommended_warmup_steps(self) -> int:
-        return self.advice.current.warmup_steps
-
-    @property
-    def resume_step(self) -> int | None:
-        return self.advice.current.resume_step
-
-    @property
-    def loss_ratio(self) -> float:
-        return self.loss.ratio
-
-    @property
-    def reason(self) -> str:
-        """The current forecast in words, rendered from the numbers the API serves."""
-        alarmed = self.state in ALARM_STATES
-        return explain(
-            self.crossing, self.advice.current, planned=self.plan is not None, alarmed=alarmed
-        )
 
     # -- the forecast -----------------------------------------------------------------
 
@@ -282,14 +292,6 @@ class JobForecast:
         self.nearest = self._soonest_crossing()
         if self.curvature.estimates:
             self._recommend(now)
-
-    def _soonest_crossing(self) -> tuple[int, str] | None:
-        crossings = [
-            (stream.last.at, name)
-            for name, stream in self.streams.items()
-            if stream.last is not None and stream.last.at is not None
-        ]
-        return min(crossings) if crossings else None
 
     def _recommend(self, now: int) -> None:
         s = self.settings
@@ -379,17 +381,13 @@ class JobForecast:
             planned_lr=crossing.worst_lr if crossing is not None else None,
             resume_step=None if self.onset is None else max(0, self.onset - 1),
         )
-        # A sharper curvature (low) crosses sooner than a flatter one (high).
-        low = math.inf if crossing is None or crossing.low is None else max(0, crossing.low - step)
-        high = (
-            math.inf if crossing is None or crossing.high is None else max(0, crossing.high - step)
-        )
+        low, high = self.steps_between(step)
         alert = Alert(
             step=step,
             state=state,
             steps_to_instability=self.steps_to_instability,
-            steps_low=float(low),
-            steps_high=float(high),
+            steps_low=low,
+            steps_high=high,
             ratio=crossing.worst_ratio if crossing is not None else None,
             recommended_lr=advice.lr,
             recommended_warmup_steps=advice.warmup_steps,

@@ -19,7 +19,7 @@ import msgspec
 
 # The forecast's block path (NumPy, SciPy) is loaded with the daemon, not by its first
 # frame (importing scipy.signal takes about a second).
-from edgewatch.monitor import batch as _batch  # noqa: F401
+from edgewatch.monitor import window as _window  # noqa: F401
 from edgewatch.monitor.forecast import DEFAULT_SETTINGS, Alert, JobForecast, PredictorSettings
 from edgewatch.monitor.plan import LRPlan
 from edgewatch.schemas import CRITICAL_METHOD, AnyRecord, Event, Plan, Sharpness, Step
@@ -46,7 +46,7 @@ class RunAnalysis:
         self.last_sharpness: Sharpness | None = None  # the newest estimate, used or not
 
     def steps(self, records: list[Step]) -> list[tuple[Alert, float]]:
-        """Step records in sequence order, fed as one block (``monitor/batch.py``); the
+        """Step records in sequence order, fed as one block (``monitor/window.py``); the
         alerts raised, each with the wall time of the step that raised it."""
         if records and records[0].seq <= self.last_seq:
             records = [r for r in records if r.seq > self.last_seq]  # resent: seen already
