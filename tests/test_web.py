@@ -136,6 +136,9 @@ def test_job_page_draws_every_stored_point(browser: Browser, site: Daemon) -> No
     )
     assert cards["step"] == f"{steps[-1]['step']:,}"
     assert browser.evaluate("document.querySelector('#state').innerText") == "diverged"
+    # A diverged job is told where to go back to, in the header as in its last alert.
+    resume = api(site, f"/api/jobs/{DEMO_JOB}")["analysis"]["resume_step"]
+    assert resume is not None and cards["resume from"] == f"checkpoint ≤ step {resume:,}"
     assert browser.errors() == []
 
 
@@ -164,6 +167,11 @@ def test_alerts_are_markers_with_state_reason_and_recommended_lr(
     recommended = {(a["state"], a["recommended_lr"]) for a in alerts}
     assert flags and all((f["state"], f["lr"]) in recommended for f in flags)
     assert any(f["text"].startswith(f"{f['state']} · lr ≤ ") for f in flags)
+    diverged = next(a for a in alerts if a["state"] == "diverged")
+    assert any(
+        f["state"] == "diverged" and f"resume ≤ step {diverged['resume_step']:,}" in f["text"]
+        for f in flags
+    )
     table = browser.evaluate("document.querySelectorAll('#alerts tbody tr').length")
     assert table == len(alerts)
     assert browser.errors() == []

@@ -74,6 +74,7 @@ function markers() {
     const advice = [];
     if (a.recommended_lr !== null) advice.push(`lr ≤ ${fmt(a.recommended_lr, 3)}`);
     if (a.recommended_warmup_steps) advice.push(`warmup ${fmtSteps(a.recommended_warmup_steps)} steps`);
+    if (a.resume_step !== null && a.resume_step !== undefined) advice.push(`resume ≤ step ${fmtSteps(a.resume_step)}`);
     return {
       step: a.step,
       cls: `alert-marker state-${a.state}`,
@@ -235,7 +236,9 @@ function renderSummary(job) {
     card("stability ratio", fmt(job.stability_ratio, 3)),
     card("steps to instability", a.steps_to_instability === null ? "none forecast" : fmtSteps(a.steps_to_instability)),
     card("recommended LR", a.recommended_lr === null ? "–" : `≤ ${fmt(a.recommended_lr, 3)}`),
-    card("recommended warmup", a.recommended_warmup_steps ? `${fmtSteps(a.recommended_warmup_steps)} steps` : "–"),
+    a.resume_step !== null && a.resume_step !== undefined
+      ? card("resume from", `checkpoint ≤ step ${fmtSteps(a.resume_step)}`, "the last checkpoint at or before the last healthy step")
+      : card("recommended warmup", a.recommended_warmup_steps ? `${fmtSteps(a.recommended_warmup_steps)} steps` : "–"),
     card("last seen", fmtAgo(job.last_seen), fmtTime(job.last_seen)),
     ...preflightCard(job.preflight),
   );
