@@ -72,8 +72,7 @@ def load_case(store: Store, family: str, job: str, label_loss: list[float], step
 
 def replay(case: Case, settings: PredictorSettings) -> list[Alert]:
     analysis = RunAnalysis(0, case.run, case.optimizer, settings, case.total_steps)
-    for record in case.records:
-        analysis.feed(record)
+    analysis.feed(case.records)
     return analysis.forecast.alerts
 
 

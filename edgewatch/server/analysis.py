@@ -45,25 +45,38 @@ class RunAnalysis:
         self.changed_at: dict[str, float] = {}  # latest change into each state (daemon clock)
         self.last_sharpness: Sharpness | None = None  # the newest estimate, used or not
 
-    def steps(self, records: list[Step]) -> list[tuple[Alert, float]]:
-        """Step records in sequence order, fed as one block (``monitor/window.py``); the
-        alerts raised, each with the wall time of the step that raised it."""
-        if records and records[0].seq <= self.last_seq:
-            records = [r for r in records if r.seq > self.last_seq]  # resent: seen already
-        if not records:
-            return []
-        self.last_seq = records[-1].seq
-        alerts = self.forecast.observe_steps(records)
-        if not alerts:
-            return []
-        wall = {r.step: r.wall_time for r in records}
-        return [(a, wall.get(a.step, records[-1].wall_time)) for a in alerts]
+    def feed(self, records: Iterable[AnyRecord]) -> list[tuple[Alert, float]]:
+        """Records in sequence order, as they came off the wire or back from the database:
+        the one loop every caller feeds (ingest, the rebuild after a restart, both
+        replays). Consecutive steps go to the forecast as one block (``monitor/window.py``);
+        records at or below ``last_seq`` were fed already (resends). Returns the alerts
+        raised, each with the wall time of the record that raised it."""
+        raised: list[tuple[Alert, float]] = []
+        block: list[Step] = []
+        for record in records:
+            if record.seq <= self.last_seq:
+                continue
+            self.last_seq = record.seq
+            if type(record) is Step:  # nearly every record: one type test
+                block.append(record)
+                continue
+            if block:  # the steps before this record, first
+                self._steps(block, raised)
+                block = []
+            alert = self._other(record)
+            if alert is not None:
+                raised.append((alert, record.wall_time))
+        if block:
+            self._steps(block, raised)
+        return raised
 
-    def record(self, record: AnyRecord) -> Alert | None:
-        """Any record but a step, as it came off the wire (or back from the database)."""
-        if record.seq <= self.last_seq:
-            return None
-        self.last_seq = record.seq
+    def _steps(self, block: list[Step], raised: list[tuple[Alert, float]]) -> None:
+        alerts = self.forecast.observe_steps(block)
+        if alerts:
+            wall = {r.step: r.wall_time for r in block}
+            raised.extend((a, wall.get(a.step, block[-1].wall_time)) for a in alerts)
+
+    def _other(self, record: AnyRecord) -> Alert | None:
         match record:
             case Sharpness():
                 if record.method == CRITICAL_METHOD:
@@ -79,12 +92,14 @@ class RunAnalysis:
                 return self.forecast.observe_event(record.step, record.kind)
         return None
 
-    def feed(self, record: AnyRecord) -> Alert | None:
-        """Any one record (replay of a trace)."""
-        if isinstance(record, Step):
-            raised = self.steps([record])
-            return raised[0][0] if raised else None
-        return self.record(record)
+    def steps(self, records: list[Step]) -> list[tuple[Alert, float]]:
+        """Step records in sequence order (``feed``; kept for the intake's call sites)."""
+        return self.feed(records)
+
+    def record(self, record: AnyRecord) -> Alert | None:
+        """Any record but a step (``feed``; kept for the intake's call sites)."""
+        raised = self.feed((record,))
+        return raised[0][0] if raised else None
 
     def alert_row(self, alert: Alert, wall_time: float) -> tuple[Any, ...]:
         """The alerts-table tuple (INSERT_COLUMNS order); seq is the alert's number in the
@@ -112,25 +127,9 @@ class RunAnalysis:
 
     def feed_rows(self, rows: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[Any, ...]]:
         """Feed stored records (``Store.run_records``); returns the alert rows raised."""
-        raised: list[tuple[Any, ...]] = []
-        block: list[Step] = []  # consecutive steps go in blocks, as the ingest feeds them
-
-        def flush() -> None:
-            raised.extend(self.alert_row(alert, wall) for alert, wall in self.steps(block))
-            block.clear()
-
-        for table, row in rows:
-            # SQLite keeps a NaN as NULL; the nonfinite_loss event after it says so.
-            record = record_from_row("", table, row)
-            if isinstance(record, Step):
-                block.append(record)
-                continue
-            flush()
-            alert = self.record(record)
-            if alert is not None:
-                raised.append(self.alert_row(alert, row["wall_time"]))
-        flush()
-        return raised
+        # SQLite keeps a NaN as NULL; the nonfinite_loss event after it says so.
+        records = (record_from_row("", table, row) for table, row in rows)
+        return [self.alert_row(alert, wall) for alert, wall in self.feed(records)]
 
 
 STEP_FIELDS = (

@@ -23,7 +23,7 @@ from edgewatch.server.counters import DaemonCounters
 from edgewatch.server.http import ApiContext, make_http_server, serve_in_thread
 from edgewatch.server.ingest import Ingest
 from edgewatch.server.metrics import make_registry
-from edgewatch.server.state import JobTable
+from edgewatch.server.state import JobTable, Reading
 from edgewatch.server.store import Store
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,11 @@ class Daemon:
                 state.total_steps,
             )
             self.ingest.analyses[state.pk] = analysis
-            state.lr = analysis.forecast.lr
-            if analysis.last_sharpness is not None:
-                state.sharpness = analysis.last_sharpness.value
-                state.sharpness_step = analysis.last_sharpness.step
-                state.preconditioned = analysis.last_sharpness.preconditioned
-            state.follow(analysis.forecast, analysis.changed_at)
+            forecast = analysis.forecast
+            # The jobs row keeps the last step and loss; the forecast knows the LR.
+            lr = forecast.lr
+            newest = None if lr is None else Reading(state.last_step, lr, state.loss, None)
+            state.apply(newest, analysis.last_sharpness, forecast, analysis.changed_at)
             self.jobs.put(state)
 
     @property

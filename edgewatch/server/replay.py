@@ -12,9 +12,9 @@ from the database; anything that speaks the wire protocol can write one too.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -23,6 +23,8 @@ from edgewatch.monitor.forecast import DEFAULT_SETTINGS, Alert, PredictorSetting
 from edgewatch.schemas import AnyRecord, JobStart, OptimizerInfo
 from edgewatch.server.analysis import RunAnalysis, record_from_row
 from edgewatch.server.store import Store
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -59,10 +61,9 @@ def replay_stored(
     analysis = RunAnalysis(
         job["pk"], job["run"], job["optimizer"] or {}, settings, job["total_steps"]
     )
-    records = 0
-    for item in store.run_records(job["pk"], job["run"]):
-        records += 1
-        analysis.feed_rows((item,))
+    counted = _Counted(store.run_records(job["pk"], job["run"]))
+    analysis.feed_rows(counted)
+    records = counted.n
     live = [a for a in store.alerts(job["pk"]) if a["run"] == job["run"]]
     return Replayed(job_id, job["run"], records, analysis.forecast.alerts, live)
 
@@ -74,11 +75,21 @@ def replay_trace(path: Path, settings: PredictorSettings = DEFAULT_SETTINGS) -> 
         raise ConfigError(f"{path}: a trace starts with the run's job_start record")
     optimizer = msgspec.to_builtins(start.optimizer)
     analysis = RunAnalysis(0, start.run, optimizer, settings, start.total_steps)
-    count = 1
-    for record in records:
-        count += 1
-        analysis.feed(record)
-    return Replayed(start.job, start.run, count, analysis.forecast.alerts)
+    counted = _Counted(records)
+    analysis.feed(counted)
+    return Replayed(start.job, start.run, 1 + counted.n, analysis.forecast.alerts)
+
+
+class _Counted(Generic[T]):
+    """An iterable that counts what went through it (the records replayed)."""
+
+    def __init__(self, items: Iterable[T]) -> None:
+        self.items, self.n = items, 0
+
+    def __iter__(self) -> Iterator[T]:
+        for item in self.items:
+            self.n += 1
+            yield item
 
 
 def read_trace(path: Path) -> Iterator[AnyRecord]:

@@ -11,11 +11,50 @@ import math
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from edgewatch.monitor.forecast import JobForecast
 from edgewatch.monitor.settings import PredictorSettings
 from edgewatch.monitor.thresholds import threshold_for, uses_preconditioned_sharpness
+
+
+class StepReading(Protocol):
+    """The newest step's readings, as ``schemas.Step`` has them (read-only)."""
+
+    @property
+    def step(self) -> int | None: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def loss(self) -> float | None: ...
+    @property
+    def grad_norm(self) -> float | None: ...
+
+
+class SharpnessReading(Protocol):
+    """The newest λ_max estimate, as ``schemas.Sharpness`` has it (read-only)."""
+
+    @property
+    def step(self) -> int: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def preconditioned(self) -> bool: ...
+
+
+class Reading(NamedTuple):
+    """A step's readings from a stored row or from the forecast (None: not known)."""
+
+    step: int | None
+    lr: float
+    loss: float | None
+    grad_norm: float | None
+
+
+class Estimate(NamedTuple):
+    step: int
+    value: float
+    preconditioned: bool
 
 
 @dataclasses.dataclass
@@ -175,11 +214,15 @@ class JobState:
         last alert left it. What only a replay would know (the alarm ratio, the sustained
         level) is shown as unknown."""
         self.planned_lr = planned
-        if step is not None:
-            self.lr, self.grad_norm = step["lr"], step["grad_norm"]
-        if sharpness is not None:
-            self.sharpness, self.sharpness_step = sharpness["value"], sharpness["step"]
-            self.preconditioned = sharpness["preconditioned"]
+        self.apply(
+            # The jobs row keeps the last step and loss; the step row adds its LR and norm.
+            None
+            if step is None
+            else Reading(self.last_step, step["lr"], self.loss, step["grad_norm"]),
+            None
+            if sharpness is None
+            else Estimate(sharpness["step"], sharpness["value"], sharpness["preconditioned"]),
+        )
         self.alarm_ratio = None
         self.sustained_level = None
         if alert is None:
@@ -194,8 +237,28 @@ class JobState:
         self.resume_step = alert.get("resume_step")
         self.forecast_reason = alert["reason"]
 
+    def apply(
+        self,
+        step: StepReading | None = None,
+        sharpness: SharpnessReading | None = None,
+        forecast: JobForecast | None = None,
+        changed_at: dict[str, float] | None = None,
+    ) -> None:
+        """The one writer of a job's readings: the newest step's (its step, LR, loss and
+        gradient norm), the newest λ_max estimate's, and what the run's forecast says now.
+        Ingest calls it after each commit, the daemon after rebuilding a running job's
+        forecast, ``restore`` for a finished one; None leaves a part as it is."""
+        if step is not None:
+            self.last_step, self.lr = step.step, step.lr
+            self.loss, self.grad_norm = step.loss, step.grad_norm
+        if sharpness is not None:
+            self.sharpness, self.sharpness_step = sharpness.value, sharpness.step
+            self.preconditioned = sharpness.preconditioned
+        if forecast is not None:
+            self.follow(forecast, changed_at)
+
     def follow(self, forecast: JobForecast, changed_at: dict[str, float] | None = None) -> None:
-        """Copy what the run's forecast says now."""
+        """Copy what the run's forecast says now (``apply``)."""
         if changed_at is not None:
             self.state_changed_at = dict(changed_at)
         self.state = forecast.state
