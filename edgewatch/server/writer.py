@@ -25,8 +25,10 @@ class CommitBatch:
 
     frames: list[FrameWrite]
     progress: list[JobProgress]
-    committed: list[int] = dataclasses.field(default_factory=list)  # indexes into frames
-    failed: dict[int, str] = dataclasses.field(default_factory=dict)  # index -> error text
+    committed: list[FrameWrite] = dataclasses.field(default_factory=list)
+    """The frames whose transaction committed, in the order given."""
+    failed: list[tuple[FrameWrite, str]] = dataclasses.field(default_factory=list)
+    """The frames no transaction could take, each with the error's text."""
     database_down: bool = False
 
 
@@ -34,7 +36,7 @@ def commit(store: Store, batch: CommitBatch) -> CommitBatch:
     """Write the batch; fills in ``committed``, ``failed`` and ``database_down``."""
     try:
         store.write(batch.frames, batch.progress)
-        batch.committed = list(range(len(batch.frames)))
+        batch.committed = list(batch.frames)
     except OperationalError as exc:
         # The database is away: nothing is acknowledged, the clients resend.
         log.error(
@@ -49,13 +51,13 @@ def commit(store: Store, batch: CommitBatch) -> CommitBatch:
 
 def _one_by_one(store: Store, batch: CommitBatch) -> None:
     """Isolate the frame a transaction could not take; the others still commit."""
-    for i, frame in enumerate(batch.frames):
+    for frame in batch.frames:
         # The job's progress goes with each of its frames: its fields are idempotent
         # (max, latest) and the records count grows by what this frame stored.
         progress = [p for p in batch.progress if p.job_pk == frame.job_pk]
         try:
             store.write([frame], progress)
         except SQLAlchemyError as exc:
-            batch.failed[i] = str(exc)[:200]
+            batch.failed.append((frame, str(exc)[:200]))
         else:
-            batch.committed.append(i)
+            batch.committed.append(frame)
