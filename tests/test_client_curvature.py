@@ -78,25 +78,30 @@ def test_adam_jobs_report_preconditioned_sharpness_against_38_over_lr(daemon: Da
     assert threshold == pytest.approx(38 / 1e-2)
 
 
-def test_curvature_stays_within_its_share_of_wall_time(daemon: Daemon) -> None:
+def test_curvature_stays_within_its_share_of_the_run_counted_in_step_times(
+    daemon: Daemon,
+) -> None:
     problem = make_problem("mse", "init")
     optimizer = torch.optim.SGD(problem.model.parameters(), lr=0.005)  # far from the edge
-    budget = 0.2
-    started = time.monotonic()
-    mon = train_until(
-        problem,
-        optimizer,
-        daemon,
-        "budget",
-        lambda c: time.monotonic() - started > 3.0,
-        budget=budget,
-    )
+    budget, total = 0.2, 600
+    steps = {"n": 0}
+
+    def done(schedule: CurvatureSchedule) -> bool:
+        steps["n"] += 1
+        return steps["n"] > total
+
+    mon = train_until(problem, optimizer, daemon, "budget", done, budget=budget, total_steps=total)
     schedule = mon.curvature
     assert schedule is not None and schedule.estimates >= 2 and schedule.urgency == 1.0
-    elapsed = time.monotonic() - schedule.started
-    # Each measurement starts only when it fits: at most the budget, plus one measurement's
-    # error in its expected cost.
-    assert schedule.spent <= budget * elapsed + schedule.largest_cost
+    spent = schedule.spending.in_steps(schedule.spent)  # in median training steps
+    # Amortised: never past budget × the run's steps, give or take one slice (an estimate
+    # under way finishes its slice), whatever the machine's speed.
+    slice_cost = 3 * schedule.spending.per_unit()
+    assert spent <= budget * total + slice_cost
+    stats = mon.stats
+    assert stats["estimates_first"] == 1
+    assert sum(v for k, v in stats.items() if k.startswith("estimates_")) == schedule.estimates
+    assert stats["curvature_permille"] <= 1000 * budget + 1000 * slice_cost / total
 
 
 def test_a_failing_probe_is_counted_and_training_goes_on(daemon: Daemon) -> None:

@@ -71,7 +71,7 @@ def _run(endpoint: str | None) -> dict[str, Any]:
     estimates = 0
     if mon is not None:
         assert mon.curvature is not None
-        estimates = mon.curvature.estimates + mon.curvature.paces["critical"].count
+        estimates = mon.curvature.estimates + mon.curvature.critical_searches
         mon.close()
     return {
         "losses": losses,

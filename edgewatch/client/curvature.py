@@ -1,30 +1,46 @@
-"""Curvature during training, on the user's probe, within a share of wall time, without
-stalling a step for long.
+"""Curvature during training, on the user's probe, where the forecast needs it, within
+a share of the run's time, without stalling a step for long.
 
-Two measurements, each paced by a time budget rather than a step interval:
+Two measurements: **sharpness** λ_max (λ_max(P⁻¹H) for Adam) by Lanczos on HVPs through
+``monitor.tracking.SharpnessTracker``, spread over steps at most ``hvps_per_step`` HVPs
+(and one probe graph) a step, plus one HVP along the last update when it finishes (Bai et
+al. 2025, arXiv 2506.04805); and, when asked for, the forward-only **critical sharpness**
+(``monitor.line_search``; Kalra et al. 2026, arXiv 2601.16979).
 
-- **Sharpness** λ_max (λ_max(P⁻¹H) for Adam) by Lanczos on Hessian-vector products,
-  through ``monitor.tracking.SharpnessTracker``: an estimate is spread over training
-  steps, at most ``hvps_per_step`` HVPs (and one probe graph) per step, so no step waits
-  for a whole estimate (issue 12: an estimate used to hold one step for 17–70 steps'
-  time). The slice that finishes an estimate adds one HVP along the optimizer's last
-  update (Bai et al. 2025, arXiv 2506.04805).
-- **Critical sharpness** λ_c = 2/η_c along the last update, from a handful of probe
-  forwards (``monitor.line_search``; Kalra et al. 2026, arXiv 2601.16979): forward-only,
-  a fraction of an HVP estimate's cost, so it fills the gaps between them.
+When a λ_max estimate starts, and why (counted per reason in ``mon.stats``). The daemon
+multiplies the latest usable estimate by the *planned* LR, so what matters is that one
+recent enough exists before each rise of the plan:
 
-Pacing: a measurement starts only when the seconds spent on it so far plus what it is
-expected to cost stay within its share of ``budget`` of the wall time since ``attach``,
-and when the time since the last one, times that share, covers the cost (estimates are
-spread out, not bunched after a gap). The share is split ``CRITICAL_SHARE`` to the
-critical sharpness and the rest to λ_max; the expected cost is a running mean. Slices of
-an estimate in progress always run (they are charged). The first λ_max estimate starts
-at the first step (the sharpness at initialisation says whether the LR plan is safe);
-it is charged like the others, so on a short run it uses the budget of many steps and
-the next estimate waits for the budget to catch up (a cold estimate costs about four
-warm ones). Near the edge
-(``urgency``) the spreading is relaxed fourfold, so savings are spent sooner; the share
-itself is a ceiling (measured in ``make bench-predict``: the share spent, per run).
+- ``first``: the first estimate the forecast can use, as soon as it can use one. For
+  SGD and heavy ball that is step 0 (the sharpness at initialisation says whether the
+  plan is safe from the start). For Adam-type optimizers it is step ``settle_steps``
+  (50, the daemon's default): the forecast leaves out preconditioned estimates before
+  it, as the second moment has not settled (Cohen et al. 2022, arXiv 2207.14484), so a
+  step-0 estimate would be a cold, dear one thrown away. A too-hot Adam start shows in
+  the loss within steps, which the daemon reads without sharpness.
+- ``rise``: the planned LR within ``horizon`` + lead steps exceeds RISE × the highest
+  LR the last estimate was taken to vouch for (the plan's peak over the same window
+  when it started): each stretch of a warmup, a scheduled jump, a cyclic restart. The
+  lead (the estimate's expected slices plus LEAD) makes it arrive before the daemon's
+  horizon reaches the rise, so a crossing there is forecast ``horizon`` steps ahead.
+  The plan comes from the job's scheduler, stepped ahead on this thread
+  (``client/pacing.py``: the sender thread's copy may arrive too late to act on).
+- ``stir``: the loss or gradient norm jumped off its running mean (``pacing.Stir``).
+- ``cadence`` / ``edge``: otherwise at a steady cadence, so that progressive
+  sharpening's trend is known; URGENT times more often when the daemon's last Ack put
+  the stability ratio at NEAR_EDGE or above (``follow``), counted as ``edge``.
+
+The budget: the share ``budget`` of the run's training time, counted in the run's own
+median step time (``pacing.StepClock``, curvature left out), not in seconds, so that two
+machines give the same schedule; slices are charged their HVPs and graphs at the median
+cost of one (``pacing.Spending``). Amortised over the run: with ``total_steps`` known
+the allowance is budget × total_steps step-times, and cadence estimates spread what is
+free of it (less a reserve for the next planned rise) over the steps left, so a dear
+cold first estimate does not starve the next thousand steps; ``rise``, ``stir`` and
+``edge`` estimates may spend ahead, never past the allowance. A run of unknown length
+is expected to last max(twice its steps so far, UNKNOWN_RUN). The first estimate
+always starts and may use FIRST_SHARE of the allowance; an estimate the allowance does
+not cover to convergence ends early, flagged unconverged (``_hvp_cap``).
 
 Where it runs: on the training thread, right after ``mon.step``, in whatever mode the
 model is in; the global RNG states, buffers and ``.grad`` are left as they were
@@ -41,48 +57,36 @@ from typing import Any, Literal
 
 import torch
 
+from edgewatch.client.pacing import PlanView, Spending, StepClock, Stir
+from edgewatch.client.schedule import PlanSource
 from edgewatch.monitor.direction import update_direction
 from edgewatch.monitor.hvp import flat_params
 from edgewatch.monitor.line_search import CriticalSharpness, critical_sharpness
+from edgewatch.monitor.thresholds import uses_preconditioned_sharpness
 from edgewatch.monitor.tracking import SharpnessTracker, TrackedEstimate
 from edgewatch.schemas import CRITICAL_METHOD
 
 Kind = Literal["sharpness", "critical"]
+Reason = Literal["first", "rise", "stir", "edge", "cadence"]
+REASONS: tuple[Reason, ...] = ("first", "rise", "stir", "edge", "cadence")
+SETTLE_STEPS = 50  # the daemon's default ``settle_steps`` (monitor/settings.py)
+HORIZON = 100  # the daemon's default ``horizon``
 WARM_SHARE = 0.25  # a warm estimate needs ~1/4 of the cold first one (bench/RESULTS.md)
+WARM_HVPS_GUESS = 8  # HVPs of a warm estimate before one has been seen
 # Share of the curvature budget for the forward-only critical sharpness, when it is asked
 # for (``critical=True``): off by default, as it added nothing to the predictor on runs
-# it was not tuned on (bench/RESULTS.md, "What each signal adds"), and it costs a share
-# of the budget the λ_max estimates would have had.
+# it was not tuned on (bench/RESULTS.md, "What each signal adds").
 CRITICAL_SHARE = 0.3
 CRITICAL_FORWARDS = 5  # probe forwards per critical-sharpness search
 RETRY_STEPS = 50  # after a failed attempt, wait RETRY_STEPS / budget steps
 NEAR_EDGE = 0.8  # stability ratio from which curvature is measured more often
 URGENT = 4.0  # how much more often
-
-
-class _Pace:
-    """Spending of one kind of measurement against its share of the wall time."""
-
-    def __init__(self, share: float, started: float) -> None:
-        self.share = share
-        self.spent = 0.0  # charged seconds
-        self.mean_cost = 0.0  # running mean of one measurement's seconds
-        self.last_end = started
-        self.count = 0
-
-    def allows(self, now: float, elapsed: float, urgency: float) -> bool:
-        # Urgency spends what was saved sooner; the share itself is never exceeded.
-        paced = (now - self.last_end) * self.share * urgency >= self.mean_cost
-        return paced and self.spent + self.mean_cost <= self.share * elapsed
-
-    def charge(self, seconds: float, now: float) -> None:
-        self.spent += seconds
-        self.last_end = now
-
-    def finished(self, seconds: float) -> None:
-        """One whole measurement done, costing ``seconds`` in all."""
-        self.count += 1
-        self.mean_cost = seconds if self.count == 1 else 0.7 * self.mean_cost + 0.3 * seconds
+RISE = 1.5  # a planned LR this much above the one last vouched for wants an estimate
+LEAD = 20  # steps of slack before the horizon, on top of an estimate's slices
+MIN_GAP = 10  # steps between a stir or cadence estimate and the one before
+UNKNOWN_RUN = 500  # steps a run of unknown length is expected to last, at least
+MAX_HVPS = 30  # Lanczos HVPs per estimate at most (the tracker's default)
+FIRST_SHARE = 0.5  # of the allowance the first, cold estimate may use
 
 
 class CurvatureSchedule:
@@ -95,66 +99,195 @@ class CurvatureSchedule:
         *,
         hvps_per_step: int = 2,
         critical: bool = False,
+        total_steps: int | None = None,
+        plans: PlanSource | None = None,
+        settle_steps: int = SETTLE_STEPS,
+        horizon: int = HORIZON,
     ) -> None:
         self.target = target
         self.params = flat_params(target)
         self.optimizer = optimizer
         self.probe = probe
         self.budget = budget
+        self.total_steps = total_steps
+        self.settle_steps = settle_steps
+        self.horizon = horizon
+        self.adam = uses_preconditioned_sharpness(type(optimizer).__name__)
         self.tracker = SharpnessTracker(target, probe, optimizer, hvps_per_step=hvps_per_step)
         self.urgency = 1.0
-        # The budget is a share of this clock's time: wall time, unless a benchmark that
+        # Step times are read on this clock: wall time, unless a benchmark that
         # interleaves monitored and unmonitored loops lends one that counts only its own.
         self.clock: Callable[[], float] = time.monotonic
         self.started = self.clock()
-        critical_share = CRITICAL_SHARE if critical else 0.0
-        self.paces: dict[Kind, _Pace] = {
-            "sharpness": _Pace(budget * (1 - critical_share), self.started),
-            "critical": _Pace(budget * critical_share, self.started),
-        }
-        self.first_cost = 0.0  # of the first λ_max estimate (cold, so dearer than the rest)
+        self.ticks = StepClock(self.clock)
+        self.view = PlanView(plans) if plans is not None else None
+        self.stir = Stir()
+        self.critical_share = budget * CRITICAL_SHARE if critical else 0.0
+        self.spending = Spending(self.ticks)
+        self.first_units = 0  # of the first λ_max estimate (cold, the dearest)
+        self.warm_units = 0.0  # running mean of a later estimate's units
+        self.warm_hvps = float(WARM_HVPS_GUESS)  # running mean of a later one's HVPs
         self.largest_cost = 0.0  # the dearest single measurement after the first
-        self._estimate_seconds = 0.0  # of the λ_max estimate in progress, all its slices
+        self.critical_cost = 0.0  # running mean of a critical search's seconds
+        self._estimate_units = 0  # of the λ_max estimate in progress: graphs and HVPs
+        self._estimate_hvps = 0  # of which HVPs
         self.steps = 0  # training steps seen (due() is asked once per step)
+        self.step = -1  # the current step's number
         self.attempts = 0  # slices and searches started
         self.estimates = 0  # λ_max estimates finished
-        self.critical_found = 0  # critical-sharpness searches that found a step (each sent)
+        self.reasons = dict.fromkeys(REASONS, 0)  # finished estimates per reason
+        self.reason: Reason = "first"  # of the estimate under way (or the last)
+        self.vouched = 0.0  # the highest planned LR the last estimate was started for
+        self.last_end = -(10**9)  # step the last estimate finished (or failed) at
+        self.last_critical = -(10**9)
+        self.not_before = 0  # after a failure, no new attempt before this step
+        self.critical_searches = 0  # critical-sharpness searches run
+        self.critical_found = 0  # of which found a step (each sent)
         self.failures = 0
 
     def use_clock(self, clock: Callable[[], float]) -> None:
-        """Count the budget on ``clock`` from now on (a benchmark that interleaves loops
-        lends each the time that is its own)."""
+        """Read step times on ``clock`` from now on (bench/harness.py lends one)."""
         self.clock = clock
         self.started = clock()
-        for pace in self.paces.values():
-            pace.last_end = self.started
+        self.ticks.restart(clock)
 
     @property
     def spent(self) -> float:
-        """Seconds charged to the budget so far."""
-        return sum(p.spent for p in self.paces.values())
+        """Seconds charged to the budget so far (``pacing.Spending.charge``)."""
+        return self.spending.seconds
 
-    @property
-    def seconds_total(self) -> float:
-        """Seconds spent on curvature work so far."""
-        return self.spent
+    def expected_steps(self) -> int:
+        """The run's length: ``total_steps``, else a guess that grows with the run."""
+        if self.total_steps:
+            return max(self.total_steps, self.steps)
+        return max(2 * self.steps, UNKNOWN_RUN)
 
-    def due(self) -> Kind | None:
-        """What to measure at this step, if anything (asked once per step)."""
+    def allowance(self) -> float:
+        """The λ_max estimates' share of the run's expected time, in step times."""
+        return (self.budget - self.critical_share) * self.expected_steps()
+
+    def free(self) -> float:
+        """Step times of the allowance not yet spent."""
+        return self.allowance() - self.spending.in_steps(
+            self.spending.seconds - self.spending.critical
+        )
+
+    def reserve(self) -> float:
+        """Step times kept back from the cadence for the next planned rise, if any."""
+        ahead = (self.view is not None and self.view.peak(self.step, 1 << 62)) or 0.0
+        return self.expected_cost() if ahead > RISE * self.vouched else 0.0
+
+    def expected_cost(self) -> float:
+        """Step times a (warm) estimate is expected to cost."""
+        guess = max(WARM_SHARE * self.first_units, 1.5 * WARM_HVPS_GUESS)  # 2 HVPs a graph
+        units = self.warm_units if self.estimates > 1 else guess
+        return units * self.spending.per_unit()
+
+    def due(
+        self,
+        step: int | None = None,
+        lr: float | None = None,
+        loss: object = None,
+        grad_norm: object = None,
+    ) -> Kind | None:
+        """What to measure at this step, if anything (asked once per step, after it).
+        ``lr``: the LR in force at this step; ``loss``, ``grad_norm``: its readings."""
+        self.ticks.tick(self.spending.lap())
         self.steps += 1
+        self.step = self.steps - 1 if step is None else step
         if self.budget <= 0:
             return None
-        if self.tracker.in_progress or self.attempts == 0:
-            return "sharpness"  # an estimate under way goes on; the first one starts now
-        now = self.clock()
-        elapsed = now - self.started
-        for kind, pace in self.paces.items():
-            if pace.share > 0 and pace.allows(now, elapsed, self.urgency):
-                return kind
+        if self.tracker.in_progress:
+            return "sharpness"  # an estimate under way goes on
+        stirred = self.stir(loss, grad_norm)
+        if self.view is not None and lr is not None:
+            begun = time.perf_counter()
+            if self.view.update(self.step, float(lr)):
+                self.spending.charge(time.perf_counter() - begun)
+        if self.step < self.not_before:
+            return None
+        reason = self._why(stirred)
+        if reason is not None:
+            self.reason = reason
+            self.vouched = self._peak(self.step, lr)
+            return "sharpness"
+        if self.critical_share > 0 and self._critical_due():
+            return "critical"
         return None
 
+    def _why(self, stirred: bool) -> Reason | None:
+        if self.tracker.last is None:
+            # Adam's estimates before settle_steps are left out of the forecast.
+            ready = not self.adam or self.step >= self.settle_steps
+            return "first" if ready else None
+        cost = self.expected_cost()
+        free = self.free()
+        # A rise goes first: what is free buys at least a slice's worth of an estimate
+        # (``_hvp_cap`` ends it early, unconverged, when the allowance runs out).
+        if free >= 3 * self.spending.per_unit() and self._rise_ahead():
+            return "rise"
+        if not free >= cost:  # also False for NaN or inf (no step timed yet)
+            return None
+        since = self.step - self.last_end
+        if since < MIN_GAP:
+            return None
+        if stirred:
+            return "stir"
+        # Spread what is free over the steps left: one estimate per `cost` of it.
+        free -= self.reserve()
+        left = max(self.expected_steps() - self.step, 1)
+        interval = max(left * cost / free, MIN_GAP) / self.urgency
+        if since >= interval:
+            return "edge" if self.urgency > 1 else "cadence"
+        return None
+
+    def lead(self) -> int:
+        """Steps from the start of an estimate to the horizon's reach: its slices + LEAD."""
+        return self.horizon + math.ceil(self.warm_hvps / self.tracker.hvps_per_step) + LEAD
+
+    def _peak(self, step: int, lr: float | None) -> float:
+        peak = self.view.peak(step, step + self.lead()) if self.view is not None else None
+        return max(x for x in (peak, lr, 0.0) if x is not None)
+
+    def _rise_ahead(self) -> bool:
+        """The plan rises, within the horizon and lead, above what was vouched for: by
+        RISE, or at all once the last estimate is older than the horizon (so the last
+        stretch of a warmup gets one within the horizon of its peak)."""
+        if self.view is None:
+            return False
+        peak = self.view.peak(self.step, self.step + self.lead())
+        if peak is None:
+            return False
+        stale = self.step - self.last_end >= self.horizon
+        return peak > (1.01 if stale else RISE) * self.vouched
+
+    def _hvp_cap(self) -> int:
+        """HVPs the estimate under way may reach: what the allowance still covers, at the
+        median cost of one, between one more slice and MAX_HVPS. A dear cold estimate on
+        a short run so ends early, unconverged (flagged, with its bound), rather than
+        overspend the run's share; until a step is timed, one slice at a time."""
+        floor = self._estimate_hvps + self.tracker.hvps_per_step
+        per_hvp = self.spending.per_unit()
+        if not math.isfinite(per_hvp):
+            return floor
+        if not per_hvp:
+            return MAX_HVPS  # the first slice: its cost is not known before it
+        free = self.free()
+        if self.tracker.last is None:  # the first leaves room for those before rises
+            free -= (1 - FIRST_SHARE) * self.allowance()
+        elif self.reason != "rise":
+            free -= self.reserve()
+        more = int(free / per_hvp) - 1  # one unit for the probe graph
+        return max(floor, min(MAX_HVPS, self._estimate_hvps + more))
+
+    def _critical_due(self) -> bool:
+        spent = self.spending.in_steps(self.spending.critical)
+        cost = self.spending.in_steps(self.critical_cost)
+        paced = (self.step - self.last_critical) * self.critical_share >= cost
+        return paced and spent + cost <= self.critical_share * self.steps
+
     def follow(self, stability_ratio: float | None) -> None:
-        """Near the edge, as the daemon sees it, spend the unspent share URGENT times sooner."""
+        """Near the edge, as the daemon sees it, estimate URGENT times more often."""
         near = stability_ratio is not None and stability_ratio >= NEAR_EDGE
         self.urgency = URGENT if near else 1.0
 
@@ -162,23 +295,31 @@ class CurvatureSchedule:
         """One slice of the λ_max estimate; the estimate when it finished, and its seconds
         over all its slices (else None and the slice's seconds)."""
         first = self.tracker.last is None
+        hvps = self.tracker.hvps_total
+        self.tracker.max_hvps = self._hvp_cap()
         start = time.perf_counter()
         self.attempts += 1
         est = self.tracker.advance()
         seconds = time.perf_counter() - start
-        self._estimate_seconds += seconds
-        self.paces["sharpness"].charge(seconds, self.clock())  # the first one too
+        units = 1 + self.tracker.hvps_total - hvps  # the probe graph and the HVPs
+        self.spending.charge(seconds, units)  # the first one too
+        self._estimate_units += units
+        self._estimate_hvps += units - 1
         if est is None:
             return None, seconds
+        total = self._estimate_units
+        self._estimate_units = self._estimate_hvps = 0
         self.estimates += 1
-        total, self._estimate_seconds = self._estimate_seconds, 0.0
-        if first:  # what the next, warm-started one may cost
-            self.first_cost = total
-            self.paces["sharpness"].mean_cost = WARM_SHARE * total
+        self.reasons[self.reason] += 1
+        self.last_end = self.step
+        if first:
+            self.first_units = total
         else:
-            self.paces["sharpness"].finished(total)
-            self.largest_cost = max(self.largest_cost, total)
-        return est, total
+            later = self.estimates > 2
+            self.warm_units = 0.7 * self.warm_units + 0.3 * total if later else total
+            self.warm_hvps = 0.7 * self.warm_hvps + 0.3 * est.matvecs if later else est.matvecs
+            self.largest_cost = max(self.largest_cost, total * self.spending.unit_cost())
+        return est, total * self.spending.unit_cost()
 
     def critical(self, lr: float) -> tuple[CriticalSharpness | None, float]:
         """The critical sharpness along the last update (None when there is no update)."""
@@ -191,9 +332,12 @@ class CurvatureSchedule:
                 self.target, self.probe, direction, lr, max_forwards=CRITICAL_FORWARDS
             )
         seconds = time.perf_counter() - start
-        pace = self.paces["critical"]
-        pace.charge(seconds, self.clock())
-        pace.finished(seconds)
+        self.spending.charge(seconds, critical=True)
+        self.critical_cost = seconds if not self.critical_cost else (
+            0.7 * self.critical_cost + 0.3 * seconds
+        )  # fmt: skip
+        self.last_critical = self.step
+        self.critical_searches += 1
         self.largest_cost = max(self.largest_cost, seconds)
         return result, seconds
 
@@ -232,16 +376,23 @@ class CurvatureSchedule:
         """An attempt raised (a broken probe): charge it, and let neither kind try again
         before RETRY_STEPS / budget steps (they share the probe), not at the next step."""
         self.failures += 1
-        self.paces[kind].charge(seconds, self.clock())
-        step_time = (self.clock() - self.started) / max(1, self.steps)
-        for pace in self.paces.values():
-            pace.mean_cost = max(pace.mean_cost, RETRY_STEPS * step_time)
-            pace.last_end = self.clock()
+        self.spending.charge(seconds)
+        self.not_before = self.step + math.ceil(RETRY_STEPS / max(self.budget, 1e-9))
         if kind == "sharpness":
             self.tracker = SharpnessTracker(
                 self.target, self.probe, self.optimizer, hvps_per_step=self.tracker.hvps_per_step
             )  # drop the broken estimate: the next starts afresh
-            self._estimate_seconds = 0.0
+            self._estimate_units = self._estimate_hvps = 0
+
+    def stats(self) -> dict[str, int]:
+        """For ``mon.stats``: estimates per reason, HVPs, and the share of the run's
+        training time spent on curvature, in per mille (counted in step times)."""
+        out = {f"estimates_{reason}": count for reason, count in self.reasons.items()}
+        spent = self.spending.in_steps(self.spending.seconds)
+        share = spent / max(self.steps, 1)
+        out["curvature_hvps"] = self.tracker.hvps_total
+        out["curvature_permille"] = round(1000 * share) if math.isfinite(share) else 0
+        return out
 
 
 def _finite(value: float) -> float | None:

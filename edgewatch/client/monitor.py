@@ -171,7 +171,13 @@ class Monitor:
             elif model is not None:
                 target = model
             self.curvature = CurvatureSchedule(
-                target, optimizer, probe, budget, critical=critical_sharpness
+                target,
+                optimizer,
+                probe,
+                budget,
+                critical=critical_sharpness,
+                total_steps=total_steps,
+                plans=self._plans,  # rises of the plan are measured before they come
             )
         self.sender: Sender | None = None
         if self.enabled:
@@ -266,7 +272,7 @@ class Monitor:
         if self.curvature is not None and self.sender is not None:
             self.curvature.follow(self.sender.stability_ratio)
         if self.curvature is not None:
-            kind = self.curvature.due()
+            kind = self.curvature.due(number, lrs[0], loss, norm)
             if kind is not None:
                 self._measure(kind, number, lrs[0])
 
@@ -326,9 +332,12 @@ class Monitor:
     @property
     def stats(self) -> dict[str, int]:
         """Counters: records sent/acknowledged/rejected/dropped, errors, unacknowledged,
-        spooled (written to the disk spool) and spool_torn_bytes (discarded, torn)."""
+        spooled (written to the disk spool) and spool_torn_bytes (discarded, torn); with
+        a probe, sharpness estimates per reason and the curvature spending
+        (``CurvatureSchedule.stats``)."""
         s = self.sender.stats if self.sender else None
-        return {
+        curvature = self.curvature.stats() if self.curvature is not None else {}
+        return curvature | {
             "steps": self._step,
             "records": s.records if s else 0,
             "acknowledged": s.acknowledged if s else 0,
