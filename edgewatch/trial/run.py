@@ -161,6 +161,10 @@ def search_fix(
     # it kept); otherwise the plan's shape is scaled (its warmup and decay kept).
     peak = FIX_CAP * safe_lr if safe_lr else grid.peak_lr / 10
     at = first_jump([plan(s) for s in range(length)], grid.warmup_steps + 1)
+    if at is not None and _trouble_step(j, trace) >= at - grid.stride:
+        # The loss shows trouble some steps after its cause; after a jump, those steps
+        # were at the jumped LR, which is then no safe LR: the plan's before the jump is.
+        peak = FIX_CAP * max(plan(s) for s in range(at))
     for _ in range(MAX_FIXES):
         if at is not None:
             factor = min(1.0, peak / plan(at))
@@ -183,6 +187,14 @@ def search_fix(
         if k.verdict == "borderline" and best is None:
             best = Fix(top, warmup, k.verdict, k.max_ratio, kind, at if kind == "jump" else None)
     return best
+
+
+def _trouble_step(j: Judgement, trace: Trace) -> int:
+    """The plan step where the trial first went wrong (the crossing or the loss)."""
+    steps = [] if j.crossing is None else [j.crossing[0]]
+    if j.trouble is not None and trace.plan_steps:
+        steps.append(trace.plan_steps[min(j.trouble, len(trace.plan_steps) - 1)])
+    return min(steps, default=len(trace.plan_steps) and trace.plan_steps[-1])
 
 
 def curves(trace: Trace, constant: float) -> dict[str, list[float]]:
