@@ -11,6 +11,11 @@ catches, counts and logs every failure of its own (see ``edgewatch.client``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgewatch.schemas.reject import Reject
+
 
 class EdgewatchError(Exception):
     """Base class of the errors edgewatch raises on purpose."""
@@ -23,11 +28,11 @@ class ConfigError(EdgewatchError, ValueError):
 class FrameRejected(EdgewatchError):
     """A frame (or a record in it) the daemon will not store.
 
-    ``reason`` is short and stable: it becomes the ``reason`` label of
-    ``edgewatch_messages_rejected_total``. ``detail`` is for the log line.
+    ``reason`` (``edgewatch.schemas.Reject``) becomes the Nack's reason and the ``reason``
+    label of ``edgewatch_messages_rejected_total``. ``detail`` is for the log line.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: Reject, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail

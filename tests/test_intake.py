@@ -66,3 +66,15 @@ def test_refusals_are_nacks_with_a_counted_reason(tmp_path: Path) -> None:
     assert intake.counters.rejected["unknown_job"] == 1
     assert intake.counters.rejected["malformed"] == 2  # not MessagePack; two parts
     assert intake.commit() == []  # nothing pending, nothing acknowledged
+
+
+def test_reject_reasons_are_the_wire_strings_the_metric_and_the_runbook_name() -> None:
+    from edgewatch.schemas import Reject, decode_reply
+    from edgewatch.server.metrics import REJECT_REASONS
+
+    nack = decode_reply(encode(Nack(frame_id=1, reason=Reject.RUN_CONFLICT)))
+    assert isinstance(nack, Nack) and type(nack.reason) is str and nack.reason == "run_conflict"
+    assert f"{Reject.MALFORMED}" == str(Reject.MALFORMED) == "malformed"
+    assert set(REJECT_REASONS) == {r.value for r in Reject}
+    runbook = (Path(__file__).parent.parent / "docs" / "runbook.md").read_text()
+    assert all(f"| `{r.value}` |" in runbook for r in Reject)

@@ -20,6 +20,7 @@ from edgewatch.schemas.records import (
     Sharpness,
     Step,
 )
+from edgewatch.schemas.reject import Reject
 
 __all__ = [
     "CRITICAL_METHOD",
@@ -36,6 +37,7 @@ __all__ = [
     "OptimizerInfo",
     "Plan",
     "Record",
+    "Reject",
     "Reply",
     "Sharpness",
     "Step",

@@ -14,6 +14,7 @@ import msgspec
 
 from edgewatch.errors import FrameRejected
 from edgewatch.schemas.records import SUPPORTED_PROTOCOLS, Batch, Reply
+from edgewatch.schemas.reject import Reject
 
 _encoder = msgspec.msgpack.Encoder()
 _batch_decoder = msgspec.msgpack.Decoder(Batch)
@@ -42,7 +43,7 @@ def decode_batch(frame: bytes, max_bytes: int) -> Batch:
     Batch of known records).
     """
     if len(frame) > max_bytes:
-        raise FrameRejected("oversized", f"{len(frame)} bytes > limit {max_bytes}")
+        raise FrameRejected(Reject.OVERSIZED, f"{len(frame)} bytes > limit {max_bytes}")
     try:
         batch = _batch_decoder.decode(frame)
     except msgspec.ValidationError as exc:
@@ -50,12 +51,14 @@ def decode_batch(frame: bytes, max_bytes: int) -> Batch:
         # name the version problem rather than the symptom.
         version = _peek_protocol(frame)
         if version is not None and version not in SUPPORTED_PROTOCOLS:
-            raise FrameRejected("protocol_version", f"protocol {version} not supported") from exc
-        raise FrameRejected("invalid", str(exc)) from exc
+            raise FrameRejected(
+                Reject.PROTOCOL_VERSION, f"protocol {version} not supported"
+            ) from exc
+        raise FrameRejected(Reject.INVALID, str(exc)) from exc
     except msgspec.DecodeError as exc:
-        raise FrameRejected("malformed", str(exc)) from exc
+        raise FrameRejected(Reject.MALFORMED, str(exc)) from exc
     if batch.protocol not in SUPPORTED_PROTOCOLS:
-        raise FrameRejected("protocol_version", f"protocol {batch.protocol} not supported")
+        raise FrameRejected(Reject.PROTOCOL_VERSION, f"protocol {batch.protocol} not supported")
     return batch
 
 

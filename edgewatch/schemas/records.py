@@ -24,6 +24,8 @@ from typing import Any, Literal, TypeAlias
 
 import msgspec
 
+from edgewatch.schemas.reject import Reject
+
 PROTOCOL_VERSION = 2
 """2 added the ``lr_plan`` record; a version-1 client's frames are still accepted."""
 SUPPORTED_PROTOCOLS = frozenset({1, 2})
@@ -180,7 +182,7 @@ class Ack(msgspec.Struct, frozen=True, kw_only=True, tag="ack"):
     0.8 on."""
 
 
-RUN_CONFLICT = "run_conflict"
+RUN_CONFLICT: str = Reject.RUN_CONFLICT.value
 """The Nack reason for a JobStart whose (job, run) the daemon holds from another process
 (another host, pid or start time): storing it would take its records for resends."""
 

@@ -31,6 +31,7 @@ from edgewatch.schemas import (
     JobStart,
     Nack,
     Plan,
+    Reject,
     Sharpness,
     Step,
     decode_batch,
@@ -93,7 +94,7 @@ class Intake:
         """Forget what is not committed (after a bug): the clients resend it."""
         self._pending, self._updates, self.pending_rows, self.deadline = [], {}, 0, None
 
-    def count_rejected(self, reason: str, what: str) -> None:
+    def count_rejected(self, reason: Reject, what: str) -> None:
         self.counters.rejected[reason] += 1
         self._log.warning(reason, "%s: %s", what, reason)
 
@@ -102,7 +103,9 @@ class Intake:
     def receive(self, identity: bytes, parts: list[bytes]) -> list[Reply]:
         """Take one multipart message (the identity stripped); returns the replies now due."""
         if len(parts) != 1:
-            return [self._reject(identity, None, FrameRejected("malformed", f"{len(parts)} parts"))]
+            return [
+                self._reject(identity, None, FrameRejected(Reject.MALFORMED, f"{len(parts)} parts"))
+            ]
         try:
             batch = decode_batch(parts[0], self.settings.max_frame_bytes)
         except FrameRejected as exc:
@@ -132,7 +135,7 @@ class Intake:
         analysis = self.analyses.get(pk)
         write = FrameWrite(job_pk=pk)
         steps = write.steps
-        rejected: Counter[str] = Counter()
+        rejected: Counter[Reject] = Counter()
         last_step: Step | None = None
         last_sharpness: Sharpness | None = None
         first_wall = last_wall = None
@@ -183,13 +186,13 @@ class Intake:
                         if alert is not None:
                             write.alerts.append(analysis.alert_row(alert, last_wall))
                     continue
-            rejected[reason or "unknown_job"] += 1  # a client must send its JobStart first
+            rejected[reason or Reject.UNKNOWN_JOB] += 1  # a client must send its JobStart first
         analyse_block()
-        if state is None and rejected.get("unknown_job"):
+        if state is None and rejected.get(Reject.UNKNOWN_JOB):
             # The whole frame is of a job this daemon has no start for (its database was
             # replaced, or the start is still on its way). Refuse it as a frame: the client
             # keeps it, sends its JobStart again, then this frame.
-            exc = FrameRejected("unknown_job", job[:100])
+            exc = FrameRejected(Reject.UNKNOWN_JOB, job[:100])
             return [self._reject(identity, batch.frame_id, exc)]
         if state is not None and last_wall is not None:
             update = self._updates.setdefault(pk, _JobUpdate())
@@ -243,7 +246,7 @@ class Intake:
             self._reject(
                 by_write[id(w)].identity,
                 by_write[id(w)].frame_id,
-                FrameRejected("store_error", error),
+                FrameRejected(Reject.STORE_ERROR, error),
             )
             for w, error in batch.failed
         ]

@@ -17,24 +17,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edgewatch.monitor.forecast import STATES
+from edgewatch.schemas import Reject
 from edgewatch.server.counters import DaemonCounters
 from edgewatch.server.state import JobState, JobTable
 
-REJECT_REASONS = (
-    "oversized",
-    "malformed",
-    "invalid",
-    "protocol_version",
-    "bad_job_id",
-    "too_many_records",
-    "job_mismatch",
-    "invalid_value",
-    "unknown_job",
-    "run_conflict",
-    "store_error",
-    "unauthorized",
-    "handshake",
-)
+REJECT_REASONS = tuple(r.value for r in Reject)
 """Reasons always exported (at 0 until seen), so that rate() works from the first scrape."""
 
 

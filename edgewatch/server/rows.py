@@ -22,6 +22,7 @@ from edgewatch.schemas import (
     JobEnd,
     JobStart,
     Plan,
+    Reject,
     Sharpness,
     Step,
 )
@@ -48,15 +49,15 @@ def check_job_id(job: str) -> str | None:
     return None
 
 
-def check_batch(batch: Batch) -> tuple[str, str] | None:
+def check_batch(batch: Batch) -> tuple[Reject, str] | None:
     """(reason, detail) when the whole frame is unusable, else None."""
     problem = check_job_id(batch.job)
     if problem:
-        return "bad_job_id", problem
+        return Reject.BAD_JOB_ID, problem
     if not 0 <= batch.run <= INT64_MAX or not 0 <= batch.dropped <= INT64_MAX:
-        return "invalid", "run and dropped must be integers in [0, 2**63)"
+        return Reject.INVALID, "run and dropped must be integers in [0, 2**63)"
     if len(batch.records) > MAX_RECORDS_PER_FRAME:
-        return "too_many_records", f"{len(batch.records)} records > {MAX_RECORDS_PER_FRAME}"
+        return Reject.TOO_MANY_RECORDS, f"{len(batch.records)} records > {MAX_RECORDS_PER_FRAME}"
     return None
 
 
@@ -64,47 +65,47 @@ def _int_ok(*values: int | None) -> bool:
     return all(v is None or 0 <= v <= INT64_MAX for v in values)
 
 
-def check_step(r: Step, job: str, run: int) -> str | None:
+def check_step(r: Step, job: str, run: int) -> Reject | None:
     """The hot path's check, written out flat: it runs for nearly every record.
 
     NaN fails every comparison, so ``0 <= lr < INF`` refuses a NaN learning rate while
     ``grad_norm < 0`` lets a NaN gradient norm through, as data.
     """
     if r.job != job or r.run != run:
-        return "job_mismatch"
+        return Reject.JOB_MISMATCH
     if r.protocol not in SUPPORTED_PROTOCOLS:
-        return "protocol_version"
+        return Reject.PROTOCOL_VERSION
     if not (
         0 <= r.seq <= INT64_MAX
         and 0 <= r.step <= INT64_MAX
         and 0.0 <= r.lr < INF
         and -INF < r.wall_time < INF
     ):
-        return "invalid_value"
+        return Reject.INVALID_VALUE
     g, u, scale, m = r.grad_norm, r.update_norm, r.loss_scale, r.moment_ratio
     if (g is not None and g < 0) or (u is not None and u < 0) or (m is not None and m < 0):
-        return "invalid_value"
+        return Reject.INVALID_VALUE
     if (scale is not None and not scale > 0) or (r.tokens is not None and not _int_ok(r.tokens)):
-        return "invalid_value"
+        return Reject.INVALID_VALUE
     if r.group_lrs is not None and not (
         len(r.group_lrs) <= MAX_GROUPS and all(0.0 <= x < INF for x in r.group_lrs)
     ):
-        return "invalid_value"
+        return Reject.INVALID_VALUE
     return None
 
 
 def check_record(
     record: JobStart | Step | Sharpness | Event | JobEnd | Plan, job: str, run: int
-) -> str | None:
+) -> Reject | None:
     """Why this record cannot be stored (the metric reason), or None."""
     if isinstance(record, Step):
         return check_step(record, job, run)
     if record.job != job or record.run != run:
-        return "job_mismatch"
+        return Reject.JOB_MISMATCH
     if record.protocol not in SUPPORTED_PROTOCOLS:
-        return "protocol_version"
+        return Reject.PROTOCOL_VERSION
     if not (_int_ok(record.seq) and -INF < record.wall_time < INF):
-        return "invalid_value"
+        return Reject.INVALID_VALUE
     match record:
         case Sharpness():
             ok = (
@@ -136,7 +137,7 @@ def check_record(
             )
         case JobStart():
             ok = True
-    return None if ok else "invalid_value"
+    return None if ok else Reject.INVALID_VALUE
 
 
 def step_row(pk: int, r: Step) -> tuple[Any, ...]:

@@ -21,11 +21,12 @@ from zmq.utils.monitor import parse_monitor_message
 
 from edgewatch.errors import ConfigError
 from edgewatch.keys import load_keys
+from edgewatch.schemas import Reject
 
-HANDSHAKE_EVENTS: dict[int, str] = {
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "unauthorized",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake",
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake",
+HANDSHAKE_EVENTS: dict[int, Reject] = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: Reject.UNAUTHORIZED,
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: Reject.HANDSHAKE,
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: Reject.HANDSHAKE,
 }
 
 
@@ -45,16 +46,16 @@ class CurveServer:
         socket.curve_server = True
         self.monitor = socket.get_monitor_socket(sum(HANDSHAKE_EVENTS))  # a bit mask
 
-    def failed_handshakes(self) -> list[str]:
+    def failed_handshakes(self) -> list[Reject]:
         """Reasons of the handshakes refused since the last call (non-blocking)."""
-        reasons: list[str] = []
+        reasons: list[Reject] = []
         while True:
             try:
                 message = self.monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return reasons
             event = int(parse_monitor_message(message)["event"])
-            reasons.append(HANDSHAKE_EVENTS.get(event, "handshake"))
+            reasons.append(HANDSHAKE_EVENTS.get(event, Reject.HANDSHAKE))
 
     def stop(self) -> None:
         self.monitor.close(linger=0)

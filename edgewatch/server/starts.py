@@ -5,7 +5,7 @@ run (nothing changes), the start of a new run (the job moves on to it, with a fr
 analysis), or a clash. A clash is a (job, run) the daemon holds from another process:
 another host, pid or start time (a run id drawn twice, a copied job directory). Storing it
 would make every record of that process a "duplicate" of the other's: acknowledged and
-dropped. It is refused loudly instead (``RUN_CONFLICT``), counted and logged; the client
+dropped. It is refused loudly instead (``Reject.RUN_CONFLICT``), counted and logged; the client
 stops sending and says so.
 """
 
@@ -15,7 +15,7 @@ import logging
 import time
 
 from edgewatch.errors import FrameRejected
-from edgewatch.schemas import RUN_CONFLICT, JobStart
+from edgewatch.schemas import JobStart, Reject
 from edgewatch.server.analysis import RunAnalysis
 from edgewatch.server.config import Settings
 from edgewatch.server.state import JobState, JobTable
@@ -65,4 +65,4 @@ def _same_process(current: JobState, start: JobStart) -> bool:
 def _conflict(start: JobStart, why: str) -> FrameRejected:
     detail = f"job {start.job[:100]!r} run {start.run} from {start.host} pid {start.pid}"
     log.error("refused a JobStart: %s: %s", detail, why)
-    return FrameRejected(RUN_CONFLICT, f"{detail}: {why}")
+    return FrameRejected(Reject.RUN_CONFLICT, f"{detail}: {why}")
