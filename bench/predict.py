@@ -43,6 +43,7 @@ from lofo import Scorer, leave_one_family_out, load_case, tune
 from report import ablation, brief, describe_zoo, live_check, per_family_tables, spending
 
 from edgewatch.monitor.forecast import DEFAULT_SETTINGS
+from edgewatch.server.config import PREDICTOR_FIELDS
 from edgewatch.server.store import Store
 
 OUT = Path(__file__).parent / "out"
@@ -77,6 +78,9 @@ SIGNALS = {
     "moment-ratio precursor (Adam)": "moment_excursion",
     "curvature along the update": "direction_margin",
 }
+_UNKNOWN = (set(GRID) | set(SIGNALS.values())) - set(PREDICTOR_FIELDS)
+if _UNKNOWN:  # the names are PredictorSettings fields, the daemon's --forecast-<name> flags
+    raise SystemExit(f"bench/predict: {sorted(_UNKNOWN)} are not fields of PredictorSettings")
 # The critical sharpness (forward-only, Kalra et al. 2026) was measured in the run of
 # 2026-11-29 08:53 with 30% of the budget: it added nothing (RESULTS.md); the client no
 # longer spends budget on it by default, so this benchmark does not record it.

@@ -23,8 +23,7 @@ from typing import Any
 
 from edgewatch._version import __version__
 from edgewatch.errors import ApiError, ConfigError
-from edgewatch.monitor.forecast import DEFAULT_SETTINGS
-from edgewatch.server.config import TUNED
+from edgewatch.server.config import forecast_flags, forecast_overrides, predictor_from_flags
 
 DEFAULT_SERVER = "http://127.0.0.1:9108"
 
@@ -178,16 +177,13 @@ def _alert_table(alerts: Sequence[dict[str, Any]]) -> str:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    import dataclasses
     from pathlib import Path
 
-    from edgewatch.monitor.forecast import DEFAULT_SETTINGS
     from edgewatch.server import load_settings
     from edgewatch.server.replay import export_trace, replay_stored, replay_trace
     from edgewatch.server.store import Store
 
-    changes = {name: getattr(args, name) for name in TUNED if getattr(args, name) is not None}
-    settings = dataclasses.replace(DEFAULT_SETTINGS, **changes)
+    settings = predictor_from_flags(args)  # the defaults and the flags; no file, no variables
     if args.trace:
         result = replay_trace(Path(args.trace), settings)
     else:
@@ -264,12 +260,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "commit_interval",
             "job_expiry",
             "max_frame_bytes",
-            *(f"forecast_{name}" for name in TUNED),
             "curve_secret_key",
             "curve_clients",
             "allow_plaintext",
         )
-    }
+    } | forecast_overrides(args)
     settings = load_settings(args.config, overrides=overrides)
     logging.getLogger().setLevel(settings.log_level.upper())
     return serve(settings)
@@ -305,13 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-frame-bytes", type=int, help="largest frame accepted")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
-    for name, words in TUNED.items():  # the predictor's knobs (monitor/forecast.py)
-        default = getattr(DEFAULT_SETTINGS, name)
-        serve.add_argument(
-            f"--forecast-{name.replace('_', '-')}",
-            type=type(default),
-            help=f"{words}; default {default}",
-        )
     serve.add_argument("--curve-secret-key", help="the daemon's NAME.key_secret: CURVE on")
     serve.add_argument("--curve-clients", help="folder of allowed clients' NAME.key files")
     serve.add_argument(
@@ -320,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="bind beyond loopback without CURVE (unencrypted)",
     )
+    forecast_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keygen", help="write a CURVE certificate pair NAME.key/.key_secret")
@@ -347,12 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--db", help="database URL (default: as `serve`, sqlite:///edgewatch.db)")
     replay.add_argument("--trace", help="a JSON-lines trace of wire records instead of a job")
     replay.add_argument("--export", help="also write the job's latest run as a trace here")
-    for name, words in TUNED.items():
-        default = getattr(DEFAULT_SETTINGS, name)
-        replay.add_argument(
-            f"--{name.replace('_', '-')}", type=type(default), help=f"{words}; default {default}"
-        )
     replay.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    forecast_flags(replay, aliases=True)  # --margin, --horizon, ...: replay's older spellings
     replay.set_defaults(func=cmd_replay)
 
     schema = sub.add_parser("schema", help="print the wire protocol's JSON Schema")

@@ -1,11 +1,21 @@
 """The predictor's knobs and its alerts: what the daemon's settings set and what
-``/api/jobs/{job_id}/alerts`` serves. Pure data, no torch."""
+``/api/jobs/{job_id}/alerts`` serves. Pure data, no torch.
+
+``PredictorSettings`` is the one definition of the knobs: the daemon's ``[forecast]``
+table, its ``EDGEWATCH_FORECAST_*`` variables, the ``--forecast-*`` flags of ``serve`` and
+``replay`` and the README's table are all generated from (or checked against) its fields
+and their docstrings (``field_docs``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable
 from typing import Literal
+
+from edgewatch.errors import ConfigError
 
 State = Literal["stable", "approaching", "unstable", "diverged"]
 
@@ -17,7 +27,8 @@ class PredictorSettings:
     horizon: int = 100
     """A crossing this many steps ahead or nearer makes the job ``approaching``."""
     margin: float = 1.5
-    """The forecast ratio, over max(1, sustained level), that counts as a crossing."""
+    """The forecast ratio, over max(1, sustained level), that counts as a crossing (1.0 is
+    the quadratic's limit, no catapult headroom)."""
     sustained_window: int = 5
     """Recent teaching estimates whose median ratio is the sustained level."""
     trend_window: int = 4
@@ -54,7 +65,8 @@ class PredictorSettings:
     """Update norm per unit LR over its baseline that makes the job ``approaching``
     (inf: off)."""
     moment_excursion: float = math.inf
-    """Adam's moment ratio over its baseline that makes the job ``approaching`` (inf: off)."""
+    """Adam's moment ratio (RMS of g/√v̂) over its baseline that makes the job
+    ``approaching`` (inf: off)."""
     baseline_rate: float = 0.02
     """Weight of the newest value in the slow averages (the loss's and the precursors')."""
     persist: int = 2
@@ -70,6 +82,84 @@ class PredictorSettings:
     lookahead: int = 2_000
     """Steps of the plan searched for a crossing (every step over twice the horizon, then
     every 10th: what a forecast costs, about 1 ms, at each estimate)."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            message = problem(field.name, getattr(self, field.name))
+            if message:
+                raise ConfigError(message)
+        if self.lookahead < self.horizon:
+            raise ConfigError(
+                f"lookahead={self.lookahead} is shorter than horizon={self.horizon}: a crossing "
+                "within the horizon could never be found; raise lookahead or lower horizon"
+            )
+
+
+_Rule = tuple[Callable[[float], bool], str]
+_RATIO: _Rule = (lambda v: v >= 1, ">= 1 (a ratio over a baseline; inf means off)")
+_WEIGHT: _Rule = (lambda v: 0 < v <= 1, "in (0, 1] (the weight of the newest value)")
+_FACTOR: _Rule = (lambda v: 0 < v <= 1, "in (0, 1] (a fraction of the LR)")
+_STEPS: _Rule = (lambda v: v >= 0, ">= 0 steps")
+_RULES: dict[str, _Rule] = {
+    "horizon": (lambda v: v >= 1, ">= 1 steps"),
+    "margin": (lambda v: v > 0, "> 0 (1.0 is the quadratic's limit; inf turns the crossing off)"),
+    "sustained_window": (lambda v: v >= 1, ">= 1 estimates"),
+    "trend_window": (lambda v: v >= 2, ">= 2 estimates (a trend needs two points)"),
+    "max_growth": (lambda v: v >= 1, ">= 1 (1: the sharpness is not extrapolated upwards)"),
+    "settle_steps": _STEPS,
+    "loss_excursion": _RATIO,
+    "damage": (lambda v: v >= 1, ">= 1 (a ratio over the loss's best)"),
+    "loss_smoothing": _WEIGHT,
+    "noise_band": (lambda v: 0 <= v < math.inf, ">= 0 and finite (0: no widening)"),
+    "loss_noise_widths": (lambda v: v > 0, "> 0 (inf: only loss_excursion counts)"),
+    "loss_excursion_floor": (lambda v: v >= 1, ">= 1 (a ratio over the running minimum)"),
+    "direction_margin": _RATIO,
+    "critical_margin": _RATIO,
+    "grad_excursion": _RATIO,
+    "update_excursion": _RATIO,
+    "moment_excursion": _RATIO,
+    "baseline_rate": _WEIGHT,
+    "persist": (lambda v: v >= 1, ">= 1 steps"),
+    "warm": _STEPS,
+    "recover_steps": _STEPS,
+    "safety": _FACTOR,
+    "backoff": _FACTOR,
+    "lookahead": (lambda v: v >= 1, ">= 1 steps"),
+}
+
+
+def problem(name: str, value: object) -> str | None:
+    """What is wrong with ``value`` for the field ``name`` and how to fix it; None if
+    nothing. The loaders call it per value, so that the message can name its source."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{name} must be a number (inf where it means off), got {value!r}"
+    if type(getattr(PredictorSettings, name)) is int and not isinstance(value, int):
+        return f"{name} must be a whole number, got {value!r}"
+    check, wanted = _RULES[name]
+    if math.isnan(value) or not check(value):
+        return f"{name} must be {wanted}, got {value!r}"
+    return None
+
+
+@functools.cache
+def field_docs() -> dict[str, str]:
+    """Each field's docstring, on one line: the flags' help and the README's table."""
+    import ast  # only the CLI and the README check need these
+    import inspect
+
+    body = ast.parse(inspect.getsource(PredictorSettings)).body[0]
+    assert isinstance(body, ast.ClassDef)
+    docs: dict[str, str] = {}
+    for node, after in zip(body.body, body.body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
 
 
 DEFAULT_SETTINGS = PredictorSettings()

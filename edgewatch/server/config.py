@@ -4,19 +4,29 @@ variables and command-line flags, in that order of precedence (later wins).
 Every field maps onto all three sources under the same name: ``commit_interval`` is
 ``commit_interval = 0.1`` in the TOML file, ``EDGEWATCH_COMMIT_INTERVAL=0.1`` in the
 environment and ``--commit-interval 0.1`` on the command line.
+
+The predictor's knobs are ``Settings.forecast``, a ``PredictorSettings`` (defined once, in
+monitor/settings.py), and each of its fields maps the same way: ``margin`` is
+``margin = 1.5`` in the file's ``[forecast]`` table (or ``forecast_margin = 1.5`` at the
+top), ``EDGEWATCH_FORECAST_MARGIN=1.5`` and ``--forecast-margin 1.5``; ``forecast_flags``
+adds a flag per field to a parser (``serve`` and ``replay``). Later sources win field by
+field: a flag for the margin leaves the file's horizon in force.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
+import math
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgewatch.errors import ConfigError
-from edgewatch.monitor.forecast import DEFAULT_SETTINGS, PredictorSettings
+from edgewatch.monitor.settings import DEFAULT_SETTINGS, PredictorSettings, field_docs, problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,17 +34,12 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 ENV_PREFIX = "EDGEWATCH_"
-TUNED = {
-    "margin": "alarm ratio over max(1, sustained level)",
-    "horizon": "steps ahead from which a forecast crossing is approaching",
-    "loss_excursion": "loss over its running minimum that is unstable",
-    "grad_excursion": "gradient norm over its baseline that is approaching (inf: off)",
-    "update_excursion": "update norm over its baseline that is approaching (inf: off)",
-    "moment_excursion": "Adam's moment ratio over its baseline that is approaching (inf: off)",
-    "direction_margin": "like the margin, for the curvature along the update (inf: off)",
-    "critical_margin": "like the margin, for the critical sharpness (inf: off)",
-}
-"""The predictor's knobs that bench/predict tunes: daemon settings ``forecast_<name>``."""
+FORECAST = "forecast_"
+"""Prefix of the predictor's fields as daemon settings: variables, flags, top-level keys."""
+PREDICTOR_FIELDS = tuple(f.name for f in dataclasses.fields(PredictorSettings))
+TUNED = ("margin", "horizon", "loss_excursion", "grad_excursion", "update_excursion",
+         "moment_excursion", "direction_margin", "critical_margin")  # fmt: skip
+"""The fields bench/predict tunes; ``replay`` also takes them without ``--forecast-``."""
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -62,28 +67,21 @@ class Settings:
     """With CURVE: the folder of allowed clients' public certificates (``NAME.key``)."""
     allow_plaintext: bool = False
     """Bind a non-loopback ZeroMQ endpoint without CURVE (unencrypted, anyone may send)."""
-    forecast_margin: float = DEFAULT_SETTINGS.margin
-    """Alarm at this forecast ratio × max(1, sustained level); 1.0 is the quadratic's limit
-    (monitor/forecast.py; the default is tuned in bench/predict)."""
-    forecast_horizon: int = DEFAULT_SETTINGS.horizon
-    """A crossing forecast this many steps ahead or nearer makes a job ``approaching``."""
-    forecast_loss_excursion: float = DEFAULT_SETTINGS.loss_excursion
-    """Loss (short average) over its running minimum from which a job is ``unstable``."""
-    forecast_grad_excursion: float = DEFAULT_SETTINGS.grad_excursion
-    """Gradient norm over its baseline that makes a job ``approaching`` (inf: off)."""
-    forecast_update_excursion: float = DEFAULT_SETTINGS.update_excursion
-    """Update norm over its baseline that makes a job ``approaching`` (inf: off)."""
-    forecast_moment_excursion: float = DEFAULT_SETTINGS.moment_excursion
-    """Adam's moment ratio over its baseline that makes a job ``approaching`` (inf: off)."""
-    forecast_direction_margin: float = DEFAULT_SETTINGS.direction_margin
-    """Like the margin, for the curvature along the last update (inf: off)."""
-    forecast_critical_margin: float = DEFAULT_SETTINGS.critical_margin
-    """Like the margin, for the critical sharpness (inf: off)."""
+    forecast: PredictorSettings = DEFAULT_SETTINGS
+    """The predictor's knobs (monitor/settings.py): the ``[forecast]`` table,
+    ``EDGEWATCH_FORECAST_<FIELD>``, ``--forecast-<field>``. The keywords
+    ``forecast_<field>=`` are accepted too (``Settings(forecast_margin=1.0)``)."""
 
     def predictor(self) -> PredictorSettings:
-        return dataclasses.replace(
-            DEFAULT_SETTINGS, **{name: getattr(self, "forecast_" + name) for name in TUNED}
-        )
+        return self.forecast
+
+    if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any attribute
+
+        def __getattr__(self, name: str) -> Any:
+            # The predictor's fields were flat settings once: settings.forecast_margin.
+            if name.startswith(FORECAST) and name[len(FORECAST) :] in PREDICTOR_FIELDS:
+                return getattr(self.forecast, name[len(FORECAST) :])
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __post_init__(self) -> None:
         if not self.db or "://" not in self.db:
@@ -111,12 +109,7 @@ class Settings:
         for name in ("commit_interval", "job_expiry"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
-        for name in (f"forecast_{n}" for n in TUNED if n not in ("horizon", "margin")):
-            if not getattr(self, name) >= 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if not self.forecast_margin > 0:
-            raise ConfigError(f"forecast_margin must be > 0, got {self.forecast_margin!r}")
-        for name in ("commit_rows", "max_frame_bytes", "forecast_horizon"):
+        for name in ("commit_rows", "max_frame_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
@@ -132,25 +125,93 @@ def is_loopback(endpoint: str) -> bool:
     return endpoint.startswith(("ipc://", "inproc://")) or host in ("127.0.0.1", "localhost", "::1")
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+def _accept_forecast_keywords(init: Any) -> Any:
+    """Settings(forecast_margin=1.0, ...) as before the predictor's fields moved into
+    ``forecast``: the keywords replace fields of ``forecast`` (given or the defaults)."""
+
+    @functools.wraps(init)
+    def __init__(self: Settings, *args: Any, **kwargs: Any) -> None:
+        flat = {k[len(FORECAST) :]: kwargs.pop(k) for k in list(kwargs) if k.startswith(FORECAST)}
+        if flat:
+            kwargs["forecast"] = dataclasses.replace(
+                kwargs.get("forecast", DEFAULT_SETTINGS), **flat
+            )
+        init(self, *args, **kwargs)
+
+    return __init__
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
-    kind = type(getattr(Settings, name))
+setattr(Settings, "__init__", _accept_forecast_keywords(Settings.__init__))  # noqa: B010
+FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "forecast"}
+
+
+def _coerce(kind: type, name: str, value: Any, source: str) -> Any:
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     if kind is bool and isinstance(value, str) and value.lower() in _BOOLEANS:
         return _BOOLEANS[value.lower()]
     try:
-        if kind is int and isinstance(value, str | int | float):
+        if kind is int and isinstance(value, float) and value.is_integer():
             return int(value)
-        if kind is float and isinstance(value, str | int | float):
+        if kind is int and isinstance(value, str):
+            return int(value)
+        if kind is float and isinstance(value, str | int) and not isinstance(value, bool):
             return float(value)
-        if kind is str:
+        if kind is str and isinstance(value, str | int | float):
             return str(value)
     except ValueError:
         pass
-    raise ConfigError(f"{source}: {name} must be a {kind.__name__}, got {value!r}")
+    a = "a whole number" if kind is int else f"a {kind.__name__}"
+    raise ConfigError(f"{source}: {name} must be {a}, got {value!r}")
+
+
+def _setting(name: str, value: Any, source: str) -> Any:
+    return _coerce(type(getattr(Settings, name)), name, value, source)
+
+
+def _forecast(name: str, value: Any, source: str) -> Any:
+    value = _coerce(type(getattr(PredictorSettings, name)), name, value, source)
+    message = problem(name, value)
+    if message:
+        raise ConfigError(f"{source}: {message}")
+    return value
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The daemon's keys and the ``[forecast]`` keys of a TOML file."""
+    try:
+        root = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    table = dict(root.get("edgewatch", root))  # both a bare file and an [edgewatch] table
+    # [forecast] beside [edgewatch], or inside it ([edgewatch.forecast]), or in a bare file.
+    tables = [table.pop("forecast", {}), root.get("forecast", {}) if "edgewatch" in root else {}]
+    if not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: forecast must be a table: [forecast] with margin = 1.5, ...")
+    forecast = tables[1] | tables[0]
+    values: dict[str, Any] = {}
+    predictor: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name.startswith(FORECAST) and name[len(FORECAST) :] in PREDICTOR_FIELDS:
+            predictor[name[len(FORECAST) :]] = _forecast(name[len(FORECAST) :], value, str(path))
+        elif name in FIELDS:
+            values[name] = _setting(name, value, str(path))
+        else:
+            raise ConfigError(
+                f"{path}: unknown setting {key!r}; known: {', '.join(FIELDS)} and a [forecast] "
+                "table"
+            )
+    for key, value in forecast.items():
+        name = key.replace("-", "_")
+        if name not in PREDICTOR_FIELDS:
+            raise ConfigError(
+                f"{path}: unknown [forecast] setting {key!r}; known: {', '.join(PREDICTOR_FIELDS)}"
+            )
+        predictor[name] = _forecast(name, value, f"{path} [forecast]")
+    return values, predictor
 
 
 def load_settings(
@@ -158,29 +219,69 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Merge defaults < TOML file < environment < overrides (flags) into Settings."""
+    """Merge defaults < TOML file < environment < overrides (flags) into Settings.
+
+    ``overrides`` are keyed by setting, the predictor's as ``forecast_<field>``
+    (what ``forecast_overrides`` returns); None values are not given."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
+    predictor: dict[str, Any] = {}
     config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
     if config_file:
-        path = Path(config_file)
-        try:
-            table = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        table = table.get("edgewatch", table)  # both a bare file and an [edgewatch] table
-        for key, value in table.items():
-            name = key.replace("-", "_")
-            if name not in FIELDS:
-                raise ConfigError(f"{path}: unknown setting {key!r}; known: {', '.join(FIELDS)}")
-            values[name] = _coerce(name, value, str(path))
+        values, predictor = _read_file(Path(config_file))
     for name in FIELDS:
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None:
-            values[name] = _coerce(name, raw, ENV_PREFIX + name.upper())
-    for name, value in (overrides or {}).items():
-        if value is not None:
-            values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
-    return Settings(**values)
+            values[name] = _setting(name, raw, ENV_PREFIX + name.upper())
+    for name in PREDICTOR_FIELDS:
+        variable = f"{ENV_PREFIX}{FORECAST}{name}".upper()
+        if env.get(variable) is not None:
+            predictor[name] = _forecast(name, env[variable], variable)
+    for key, value in (overrides or {}).items():
+        flag = f"--{key.replace('_', '-')}"
+        if value is None:
+            continue
+        if key.startswith(FORECAST) and key[len(FORECAST) :] in PREDICTOR_FIELDS:
+            predictor[key[len(FORECAST) :]] = _forecast(key[len(FORECAST) :], value, flag)
+        else:
+            values[key] = _setting(key, value, flag)
+    return Settings(**values, forecast=PredictorSettings(**predictor))
+
+
+def forecast_flags(parser: argparse.ArgumentParser, aliases: bool = False) -> None:
+    """A ``--forecast-<field>`` flag per field of PredictorSettings, its help the field's
+    docstring; ``aliases``: the tuned fields also as ``--<field>`` (``replay``'s spelling
+    before the flags were generated)."""
+    group = parser.add_argument_group("the predictor's settings (monitor/settings.py)")
+    docs = field_docs()
+    for name in PREDICTOR_FIELDS:
+        default = getattr(DEFAULT_SETTINGS, name)
+        flags = [f"--{FORECAST}{name}".replace("_", "-")]
+        if aliases and name in TUNED:
+            flags.append(f"--{name.replace('_', '-')}")
+        shown = "inf (off)" if default == math.inf else default
+        group.add_argument(
+            *flags,
+            dest=FORECAST + name,
+            type=type(default),
+            metavar="N" if isinstance(default, int) else "X",
+            help=f"{docs[name]} Default {shown}.".replace("%", "%%"),
+        )
+
+
+def forecast_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``forecast_<field>`` values that ``forecast_flags``'s flags were given."""
+    return {
+        FORECAST + name: getattr(args, FORECAST + name)
+        for name in PREDICTOR_FIELDS
+        if getattr(args, FORECAST + name, None) is not None
+    }
+
+
+def predictor_from_flags(args: argparse.Namespace) -> PredictorSettings:
+    """The defaults with the flags' values, each checked like the daemon's (``replay``)."""
+    changes = {
+        key[len(FORECAST) :]: _forecast(key[len(FORECAST) :], value, f"--{key.replace('_', '-')}")
+        for key, value in forecast_overrides(args).items()
+    }
+    return dataclasses.replace(DEFAULT_SETTINGS, **changes)
