@@ -7,11 +7,14 @@ alternating blocks in one process, against ``edgewatch serve`` in its own proces
 - bare: the loop alone;
 - hook: edgewatch attached without a probe (the per-step hook, chunks, sender);
 - curvature: edgewatch with a probe of 4 fixed sequences at the default budget 0.02, its
-  budget counted on its own loop's clock (the other loops' time lent out).
+  budget counted on its own loop's clock (the other loops' time lent out), told the LR
+  plan (linear warmup over WARMUP steps, then cosine: ``scheduler=``) and ``total_steps``.
 
 Every step's time is kept: the p50, p99 and worst step of each, the worst step's excess
 over the bare p50 (the longest a training step waited for edgewatch), the curvature
-share of the monitored loop's time, and the λ_max estimates per 1000 steps.
+share of the monitored loop's time, the λ_max estimates per 1000 steps and per reason
+(client/curvature.py), and the estimate nearest before the end of the warmup (the
+schedule should give one within its horizon, 100 steps, of the LR's peak).
 
 Usage: python bench/client_steps.py [--steps 1500] [--block 50]
 """
@@ -19,6 +22,8 @@ Usage: python bench/client_steps.py [--steps 1500] [--block 50]
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import statistics
 import tempfile
 import time
@@ -33,12 +38,21 @@ from families.text import lm_loss
 import edgewatch
 
 CONTEXT, D, LAYERS, HEADS, BATCH, PROBE = 64, 128, 2, 4, 16, 4
+WARMUP = 1000
+
+
+def warmup_cosine(step: int, total: int) -> float:
+    """Linear warmup over WARMUP steps, then cosine to zero at the run's end."""
+    if step < WARMUP:
+        return (step + 1) / WARMUP
+    return 0.5 * (1 + math.cos(math.pi * (step - WARMUP) / (total - WARMUP)))
 
 
 class Loop:
     """One training run, advanced block by block, timing each step."""
 
-    def __init__(self, name: str, endpoint: str) -> None:
+    def __init__(self, name: str, endpoint: str, total_steps: int) -> None:
+        self.total_steps = total_steps
         torch.manual_seed(0)
         self.name = name
         self.model = GPT(text.VOCAB, CONTEXT, D, LAYERS, HEADS)
@@ -48,12 +62,19 @@ class Loop:
         self.times: list[float] = []
         self.own = 0.0  # this loop's own seconds (the budget's clock)
         self.step = 0
+        self.estimate_steps: list[int] = []
+        # A function of its own, not a bound method: the plan is copied ahead (deepcopy),
+        # and a method would drag the loop, its monitor and its threads along.
+        plan = functools.partial(warmup_cosine, total=total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, plan)
         self.mon: edgewatch.Monitor | None = None
+        self.stats: dict[str, int] = {}
         if name != "bare":
             probe = (lambda: lm_loss(self.model, probe_rows)) if name == "curvature" else None
             self.mon = edgewatch.attach(
                 self.optimizer, model=self.model, job=f"steps-{name}", endpoint=endpoint,
                 probe=probe, probe_batch=PROBE if probe else None,
+                scheduler=self.scheduler, total_steps=total_steps,
             )  # fmt: skip
             if self.mon.curvature is not None:
                 self.mon.curvature.use_clock(lambda: self.own)
@@ -66,8 +87,11 @@ class Loop:
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            self.scheduler.step()
             if mon is not None:
                 mon.step(loss)
+                if mon.curvature is not None and mon.curvature.estimates > len(self.estimate_steps):
+                    self.estimate_steps.append(self.step)
             optimizer.zero_grad(set_to_none=True)
             seconds = time.perf_counter() - start
             self.times.append(seconds)
@@ -85,7 +109,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
         daemon_process(f"sqlite:///{Path(tmp) / 'steps.db'}") as (endpoint, _),
     ):
-        loops = [Loop(name, endpoint) for name in ("bare", "hook", "curvature")]
+        loops = [Loop(name, endpoint, args.steps) for name in ("bare", "hook", "curvature")]
         # No warm-up: the first, cold estimate is part of what a run pays.
         for _ in range(args.steps // args.block):
             for loop in loops:
@@ -93,6 +117,7 @@ def main() -> None:
         for loop in loops:
             if loop.mon is not None:
                 loop.mon.close()
+                loop.stats = loop.mon.stats
     report(loops, args)
 
 
@@ -123,12 +148,25 @@ def report(loops: list[Loop], args: argparse.Namespace) -> None:
     curvature = loops[-1].mon.curvature if loops[-1].mon else None
     if curvature is not None:
         steps = len(loops[-1].times)
+        stats = loops[-1].stats
+        reasons = ", ".join(
+            f"{k.removeprefix('estimates_')} {v}"
+            for k, v in stats.items()
+            if k.startswith("estimates_")
+        )
         share = curvature.seconds_total / loops[-1].own
         print(
             f"\nCurvature loop: {curvature.estimates} λ_max estimates in {steps} steps "
             f"({1000 * curvature.estimates / steps:.1f} per 1000 steps), {curvature.attempts} "
-            f"slices, {share:.1%} of its time on curvature (budget 2%; the first, cold "
-            f"estimate cost {curvature.first_cost * 1e3:.0f} ms)."
+            f"slices, {share:.1%} of its time on curvature (budget 2%; charged in step "
+            f"times: {stats['curvature_permille'] / 10:.1f}%); per reason: {reasons}; "
+            f"estimates at steps {loops[-1].estimate_steps}."
+        )
+        before = [s for s in loops[-1].estimate_steps if s <= WARMUP]
+        gap = WARMUP - max(before) if before else None
+        print(
+            f"End of warmup at step {WARMUP}: the last estimate before it at step "
+            f"{max(before) if before else None} ({gap} steps before; settled: after step 50)."
         )
 
 

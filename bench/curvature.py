@@ -251,8 +251,7 @@ class TrainingLoop:
                 probe=lambda: self.loss_on(probe_batch),
             )
             assert self.mon.curvature is not None
-            self.mon.curvature.clock = self.clock
-            self.mon.curvature.started = self.mon.curvature.last_end = 0.0
+            self.mon.curvature.use_clock(self.clock)
 
     def loss_on(self, batch: torch.Tensor) -> torch.Tensor:
         logits = self.model(batch[:, :-1])  # (B, T, vocab)

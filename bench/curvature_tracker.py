@@ -79,8 +79,23 @@ def row(name: str, rows: list[tuple], seconds: str = "") -> str:
         f"{np.median(werr):.1e} / {np.percentile(werr, 90):.1e} / {werr.max():.1e} | "
         f"{np.median(rhv):.0f} | {np.percentile(err, 90):.1e} / {err.max():.1e} | "
         f"{np.median(slices):.0f} / {slices.max():.0f} | "
-        f"{np.mean([e.matvecs for e, _ in rows]):.1f} |{seconds}"
+        f"{np.mean([e.matvecs for e, _ in rows]):.1f} | {_all_hvps(rows)} | {_stops(rows)} |"
+        f"{seconds}"
     )
+
+
+def _all_hvps(rows: list[tuple]) -> str:
+    """HVPs per estimate, warm and restarted together: median / p90."""
+    hv = np.array([e.matvecs for e, _ in rows])
+    return f"{np.median(hv):.0f} / {np.percentile(hv, 90):.0f}"
+
+
+def _stops(rows: list[tuple]) -> str:
+    """Share converged, and how the estimates stopped (bound / stagnation / HVP cap)."""
+    stops = [getattr(e, "stopped", "bound" if e.converged else "budget") for e, _ in rows]
+    share = sum(e.converged for e, _ in rows) / len(rows)
+    counts = " / ".join(str(stops.count(k)) for k in ("bound", "stagnation", "budget"))
+    return f"{share:.0%} ({counts})"
 
 
 def stdlib_text(chars: int) -> str:
@@ -167,9 +182,10 @@ def tracker_section(q: bool) -> None:
     print(
         "| problem, restart | estimates | warm HVPs at stop: median / p90 | warm error at "
         "stop: median / p90 / max | restarted HVPs: median | converged error: p90 / max | "
-        "slices: median / max | mean HVPs per estimate |"
+        "slices: median / max | mean HVPs per estimate | all HVPs: median / p90 | "
+        "converged (stopped on bound / stagnation / cap) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     notes = []
     for restart in ("neighbourhood", "random"):
         for name, rows in exact_families(q, restart):
