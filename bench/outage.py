@@ -99,7 +99,7 @@ def main() -> int:
             ]
             for parts, mon, times in order[i % 3 :] + order[: i % 3]:
                 times.append(block(parts, mon))
-            in_memory = max(in_memory, down.sender._buffered)
+            in_memory = max(in_memory, down.sender.outbox.buffered)
         stalled.close()
         swallowing.set()
         swallower.join()

@@ -40,7 +40,7 @@ def test_a_long_outage_goes_to_disk_and_arrives_when_the_daemon_returns(
     deadline = time.monotonic() + 10
     while mon.stats["spooled"] < 50_000 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert mon.sender._buffered <= 10_000  # memory stays bounded
+    assert mon.sender.outbox.buffered <= 10_000  # memory stays bounded
     assert mon.stats["spooled"] >= 50_000 and mon.stats["dropped"] == 0
     daemon = make_daemon(bind=endpoint)
     stream(mon, 60_000, 1_000)

@@ -32,9 +32,11 @@ from edgewatch.client.capture import (
 )
 from edgewatch.client.curvature import CurvatureSchedule, Kind
 from edgewatch.client.gradnorm import BackwardGradNorm
+from edgewatch.client.plan_tracker import PlanTracker
 from edgewatch.client.readback import Row, Value, host_value, loss_scale, pack
+from edgewatch.client.records import PlanItem, RecordItem, StepChunk
 from edgewatch.client.schedule import PlanSource
-from edgewatch.client.sender import PlanItem, RecordItem, Sender, StepChunk
+from edgewatch.client.sender import Sender
 from edgewatch.client.signals import StepSignals
 from edgewatch.monitor.thresholds import uses_preconditioned_sharpness
 from edgewatch.schemas import Event, JobEnd, Sharpness
@@ -128,6 +130,7 @@ class Monitor:
         self.probe = probe
         self.scheduler = scheduler
         self._plans = PlanSource.create(scheduler, optimizer)  # the LR plan, looked ahead
+        self._plan_tracker = PlanTracker() if self._plans is not None else None
         self.budget = budget
         self.close_timeout = close_timeout
         self.probe_batch = probe_batch  # the probe's batch size, reported with each estimate
@@ -198,6 +201,7 @@ class Monitor:
                 flush_interval=flush_interval,
                 curve=curve_keys(server_key, client_key),
                 spool=open_spool(spool_dir, job, self.run, spool_max_bytes),
+                plan_news=self._plan_tracker.news if self._plan_tracker is not None else None,
             )
             self.sender.start()
 
@@ -265,7 +269,8 @@ class Monitor:
         except Exception as exc:
             self._fail("step", exc)
             return
-        if self._plans is not None and self.sender is not None and self.sender.replan_wanted:
+        plans = self._plan_tracker
+        if plans is not None and (plans.wanted or plans.news) and plans.due() and self._plans:
             self._send_plan(number + 1)
         if skipped:  # inf/NaN gradients: the scaler's business, not divergence
             self.event("skipped_step", "GradScaler skipped the optimizer step", step=number)
@@ -293,14 +298,14 @@ class Monitor:
 
     def _send_plan(self, first_step: int) -> None:
         """Snapshot the schedule from the next step on; the sender steps it ahead."""
-        assert self._plans is not None and self.sender is not None
-        self.sender.replan_wanted = False
-        self.sender.plan_pending = True
+        assert self._plans is not None and self._plan_tracker is not None
+        assert self.sender is not None
+        self._plan_tracker.sending()
         try:
             lookahead = self._plans.snapshot(first_step)
         except Exception as exc:
             self._plans = None  # a schedule that cannot be copied will not copy next time
-            self.sender.plan_pending = False
+            self._plan_tracker.failed()
             self._fail("plan", exc)
             return
         self._ship()
