@@ -165,7 +165,7 @@ def run(
         _close_all(list(monitors.values()), "failed" if result.stopped_early else "finished")
     for key, mon in monitors.items():
         result.monitors[key] = dict(mon.stats)
-        result.curvature_seconds[key] = mon.curvature.seconds_total if mon.curvature else 0.0
+        result.curvature_seconds[key] = mon.curvature.spent if mon.curvature else 0.0
     return result
 
 
@@ -211,6 +211,6 @@ class RunClock:
         curvature = mon.curvature
 
         def clock() -> float:
-            return self.now + (curvature.seconds_total if curvature is not None else 0.0)
+            return self.now + (curvature.spent if curvature is not None else 0.0)
 
         return clock
