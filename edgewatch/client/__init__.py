@@ -2,5 +2,6 @@
 
 from edgewatch.client.attach import attach
 from edgewatch.client.monitor import Monitor
+from edgewatch.client.options import AttachOptions
 
-__all__ = ["Monitor", "attach"]
+__all__ = ["AttachOptions", "Monitor", "attach"]

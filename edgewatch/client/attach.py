@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 
 from edgewatch.client.arguments import DEFAULT_ENDPOINT
 from edgewatch.client.monitor import Monitor
+from edgewatch.client.options import AttachOptions, OptionKeywords
 
 
 def attach(
@@ -22,9 +23,10 @@ def attach(
     scheduler: Any = None,
     total_steps: int | None = None,
     budget: float = 0.02,
-    **options: Any,
+    **options: Unpack[OptionKeywords],
 ) -> Monitor:
-    """Start monitoring ``optimizer``'s training; see :class:`Monitor` for ``options``.
+    """Start monitoring ``optimizer``'s training; ``options`` are the fields of
+    :class:`AttachOptions` (checked before anything starts).
 
     ``endpoint`` defaults to ``$EDGEWATCH_ENDPOINT`` or tcp://127.0.0.1:5555.
     """
@@ -38,5 +40,5 @@ def attach(
         scheduler=scheduler,
         total_steps=total_steps,
         budget=budget,
-        **options,
+        options=AttachOptions.of(options),
     )

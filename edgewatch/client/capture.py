@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from edgewatch._version import __version__
+from edgewatch.monitor.thresholds import OptimizerSpec
 from edgewatch.schemas import OptimizerInfo
 
 
@@ -61,26 +62,9 @@ def _grouped_norms(grads: list[torch.Tensor], out_device: torch.device) -> list[
     return norms
 
 
-def _first(group: dict[str, Any], key: str) -> Any:
-    value = group.get(key)
-    return float(value) if isinstance(value, torch.Tensor) else value
-
-
-def describe_optimizer(optimizer: torch.optim.Optimizer) -> OptimizerInfo:
-    group = optimizer.param_groups[0]
-    betas = group.get("betas")
-    momentum = _first(group, "momentum")
-    return OptimizerInfo(
-        kind=type(optimizer).__name__,
-        lr=float(_first(group, "lr")),
-        momentum=float(momentum) if momentum is not None else None,
-        nesterov=bool(group.get("nesterov", False)),
-        betas=(float(betas[0]), float(betas[1])) if betas is not None else None,
-        eps=_first(group, "eps"),
-        weight_decay=float(_first(group, "weight_decay") or 0.0),
-        param_groups=len(optimizer.param_groups),
-        params=sum(p.numel() for p in trainable_params(optimizer)),
-    )
+def describe_optimizer(spec: OptimizerSpec) -> OptimizerInfo:
+    """The wire's description of the optimizer (the same fields as the spec)."""
+    return OptimizerInfo(**spec.as_dict())
 
 
 def process_identity() -> dict[str, Any]:

@@ -32,13 +32,14 @@ from edgewatch.client.capture import (
 )
 from edgewatch.client.curvature import CurvatureSchedule, Kind
 from edgewatch.client.gradnorm import BackwardGradNorm
+from edgewatch.client.options import AttachOptions
 from edgewatch.client.plan_tracker import PlanTracker
 from edgewatch.client.readback import Row, Value, host_value, loss_scale, pack
 from edgewatch.client.records import PlanItem, RecordItem, StepChunk
 from edgewatch.client.schedule import PlanSource
 from edgewatch.client.sender import Sender
 from edgewatch.client.signals import StepSignals
-from edgewatch.monitor.thresholds import uses_preconditioned_sharpness
+from edgewatch.monitor.thresholds import OptimizerSpec
 from edgewatch.schemas import Event, JobEnd, Sharpness
 
 log = logging.getLogger("edgewatch.client")
@@ -54,47 +55,16 @@ class Monitor:
     """Returned by ``edgewatch.attach`` (``client/attach.py``): ``step(loss)`` per
     optimizer step, ``close()`` at the end.
 
-    Options beyond DESIGN.md's ``attach`` signature (keyword-only, through ``attach``):
-
-    - ``max_buffered`` (200,000): records held for the daemon, sent or not; past it the
-      oldest are dropped and counted (``stats["dropped"]``, reported to the daemon).
-    - ``flush_interval`` (0.2 s): how often the sender thread wakes to frame and send.
-    - ``close_timeout`` (5 s): how long ``close()`` waits for acknowledgements; it returns
-      after ~2 s when no daemon is connected at all.
-    - ``all_ranks`` (False): report from every rank, not only RANK 0.
-    - ``probe_batch``: the probe's batch size, stored with each sharpness estimate.
-    - ``grad_scaler``: the AMP ``GradScaler``. Its loss scale is recorded with each step
-      (after that step's ``update()``), and a ``mon.step`` without an optimizer step before
-      it (inf/NaN gradients, so the scaler skipped it) becomes a ``skipped_step`` event.
-      Gradient norms, taken at the end of backward, are divided by the scale in force.
-    - ``scheduler``: a torch LR scheduler, or a function step -> LR. The planned LR of the
-      coming steps (``client/schedule.py``) goes to the daemon at the first step and
-      whenever the LR leaves the plan, so that warmups and scheduled jumps are forecast.
-    - ``server_key`` and ``client_key``: CURVE, for a daemon that requires it. The
-      daemon's public certificate (``server.key``) and this client's secret one
-      (``NAME.key_secret``), both from ``edgewatch keygen``; the daemon must list this
-      client's ``NAME.key`` in its ``curve_clients`` folder.
-    - ``spool_dir`` (``$EDGEWATCH_SPOOL_DIR``, else none): a folder for the disk spool.
-      Frames the daemon has not acknowledged within 2 s while it is unreachable, or past
-      ``max_buffered``, go to an append-only file there (``client/spool.py``) and are sent
-      once it answers; what is left at exit is sent by the next ``attach`` with the same
-      folder. ``spool_max_bytes`` (1 GiB) bounds it; past that, frames are dropped and
-      counted.
-    - ``hook_grad_norm`` (True): whether edgewatch measures the gradient norm itself, at
-      the end of backward, before any clipping (``client/gradnorm.py``). Turn it off where
-      that norm is not the global one (FSDP shards) and pass ``mon.step(loss,
-      grad_norm=...)`` with the norm you have.
-    - ``step_signals`` (False): after each optimizer step, the update norm and, for
-      Adam-type optimizers, the gradient over Adam's second-moment estimate
-      (``client/signals.py``), from the optimizer's state, without a sync. Off by
-      default: a few passes over the optimizer state cost ~3% of a small transformer's
-      CPU step (``make bench-client``), and neither signal added to the forecast on the
-      instability benchmark; the daemon's precursors that read them are off too.
-    - ``critical_sharpness`` (False): also spend 30% of the curvature budget on the
-      forward-only critical sharpness along the last update (``client/curvature.py``);
-      off by default: on the instability benchmark it added nothing to the forecast.
-    - ``preflight``: the job's ``edgewatch.preflight`` report, sent with the job start
-      and shown by the daemon (``/api/jobs/{id}``, the job page).
+    Options beyond DESIGN.md's ``attach`` signature (keyword-only, through ``attach``)
+    are the fields of :class:`~edgewatch.client.options.AttachOptions`, each documented
+    there: buffering (``max_buffered``, ``flush_interval``, ``close_timeout``), the
+    disk spool (``spool_dir``, ``spool_max_bytes``), CURVE (``server_key``,
+    ``client_key``), what is measured (``hook_grad_norm``, ``step_signals``,
+    ``critical_sharpness``, ``grad_scaler``, ``probe_batch``), ``all_ranks`` and the
+    ``preflight`` report.
+    ``scheduler`` (a torch LR scheduler, or a function step -> LR): the planned LR of the
+    coming steps (``client/schedule.py``) goes to the daemon at the first step and whenever
+    the LR leaves the plan, so that warmups and scheduled jumps are forecast.
     """
 
     def __init__(
@@ -108,31 +78,23 @@ class Monitor:
         scheduler: Any = None,
         total_steps: int | None = None,
         budget: float = 0.02,
-        max_buffered: int = 200_000,
-        flush_interval: float = 0.2,
-        close_timeout: float = 5.0,
-        all_ranks: bool = False,
-        probe_batch: int | None = None,
-        grad_scaler: Any = None,
-        hook_grad_norm: bool = True,
-        step_signals: bool = False,
-        critical_sharpness: bool = False,
-        server_key: str | None = None,
-        client_key: str | None = None,
-        spool_dir: str | None = None,
-        spool_max_bytes: int = 1 << 30,
-        preflight: Any = None,
+        options: AttachOptions | None = None,
     ) -> None:
         check_arguments(optimizer, job, endpoint, budget, total_steps)
+        options = AttachOptions() if options is None else options
+        self.options = options
+        probe_batch, grad_scaler = options.probe_batch, options.grad_scaler
+        hook_grad_norm = options.hook_grad_norm
         self.job = job
         self.optimizer = optimizer
+        self.spec = OptimizerSpec.of(optimizer)  # read once: kind and hyper-parameters
         self.model = model
         self.probe = probe
         self.scheduler = scheduler
         self._plans = PlanSource.create(scheduler, optimizer)  # the LR plan, looked ahead
         self._plan_tracker = PlanTracker() if self._plans is not None else None
         self.budget = budget
-        self.close_timeout = close_timeout
+        self.close_timeout = options.close_timeout
         self.probe_batch = probe_batch  # the probe's batch size, reported with each estimate
         self.grad_scaler = grad_scaler
         self.hook_grad_norm = hook_grad_norm
@@ -149,7 +111,7 @@ class Monitor:
         self._one_group = single_group(self._params)
         identity = process_identity()
         # Under torchrun every rank runs this line; by default rank 0 alone reports.
-        self.enabled = all_ranks or identity["rank"] == 0
+        self.enabled = options.all_ranks or identity["rank"] == 0
         self._off = not self.enabled  # one test on the hot path: disabled or closed
         # The run id is drawn from the OS, never from the user's RNG: a seeded re-run must
         # be a new run (the same id would make the daemon take its records for resends),
@@ -160,9 +122,8 @@ class Monitor:
             self._backward_norm = BackwardGradNorm(self._params, grad_scaler)
         self._hooks = [optimizer.register_step_pre_hook(self._before_optimizer_step)]
         self._step_signals: StepSignals | None = None
-        if self.enabled and step_signals:
-            adam = uses_preconditioned_sharpness(type(optimizer).__name__)
-            self._step_signals = StepSignals(optimizer, adam)
+        if self.enabled and options.step_signals:
+            self._step_signals = StepSignals(optimizer, self.spec.preconditioned)
             self._hooks.append(optimizer.register_step_post_hook(self._after_optimizer_step))
         self.curvature: CurvatureSchedule | None = None
         if probe is not None and self.enabled:
@@ -178,7 +139,7 @@ class Monitor:
                 optimizer,
                 probe,
                 budget,
-                critical=critical_sharpness,
+                critical=options.critical_sharpness,
                 total_steps=total_steps,
                 plans=self._plans,  # rises of the plan are measured before they come
             )
@@ -187,20 +148,20 @@ class Monitor:
             start = dict(
                 identity,
                 wall_time=time.time(),
-                optimizer=describe_optimizer(optimizer),
+                optimizer=describe_optimizer(self.spec),
                 total_steps=total_steps,
                 budget=budget,
-                preflight=preflight.to_record() if preflight is not None else None,
+                preflight=None if options.preflight is None else options.preflight.to_record(),
             )
             self.sender = Sender(
                 endpoint,
                 job,
                 self.run,
                 start,
-                max_buffered=max_buffered,
-                flush_interval=flush_interval,
-                curve=curve_keys(server_key, client_key),
-                spool=open_spool(spool_dir, job, self.run, spool_max_bytes),
+                max_buffered=options.max_buffered,
+                flush_interval=options.flush_interval,
+                curve=curve_keys(options.server_key, options.client_key),
+                spool=open_spool(options.spool_dir, job, self.run, options.spool_max_bytes),
                 plan_news=self._plan_tracker.news if self._plan_tracker is not None else None,
             )
             self.sender.start()

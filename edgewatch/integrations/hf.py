@@ -25,6 +25,7 @@ import torch
 from transformers import TrainerCallback
 
 import edgewatch
+from edgewatch.client.options import AttachOptions
 
 
 class EdgewatchCallback(TrainerCallback):
@@ -41,6 +42,7 @@ class EdgewatchCallback(TrainerCallback):
         self.endpoint = endpoint
         self.budget = budget
         self.use_probe = probe
+        AttachOptions.of(options)  # a bad option fails here, not when training starts
         self.options = options
         self.mon: edgewatch.Monitor | None = None
         self._losses: list[torch.Tensor] = []
@@ -64,7 +66,10 @@ class EdgewatchCallback(TrainerCallback):
         probe, probe_batch = None, None
         if self.use_probe and train_dataloader is not None:
             probe, probe_batch = self._make_probe(model, train_dataloader)
-        options = {"probe_batch": probe_batch, "grad_scaler": getattr(optimizer, "scaler", None)}
+        options: dict[str, Any] = {
+            "probe_batch": probe_batch,
+            "grad_scaler": getattr(optimizer, "scaler", None),
+        }
         self.mon = edgewatch.attach(
             inner,
             model=model,

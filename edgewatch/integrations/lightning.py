@@ -24,6 +24,7 @@ import torch
 
 import edgewatch
 from edgewatch.client.capture import global_grad_norm, single_group
+from edgewatch.client.options import AttachOptions
 
 
 def _loss_of(output: Any) -> torch.Tensor | None:
@@ -45,6 +46,7 @@ class EdgewatchCallback(lightning.Callback):
         self.endpoint = endpoint
         self.budget = budget
         self.probe_option = probe
+        AttachOptions.of(options)  # a bad option fails here, not when training starts
         self.options = options
         self.mon: edgewatch.Monitor | None = None
         self._losses: list[torch.Tensor] = []
@@ -62,7 +64,8 @@ class EdgewatchCallback(lightning.Callback):
         probe, probe_batch = self._make_probe(trainer, pl_module)
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        options = {"probe_batch": probe_batch, "grad_scaler": scaler} | self.options
+        options: dict[str, Any] = {"probe_batch": probe_batch, "grad_scaler": scaler}
+        options |= self.options
         self.mon = edgewatch.attach(
             optimizer,
             model=pl_module,

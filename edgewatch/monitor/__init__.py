@@ -20,6 +20,7 @@ from edgewatch.monitor.forecast import (
 )
 from edgewatch.monitor.plan import LRPlan, compress
 from edgewatch.monitor.thresholds import (
+    OptimizerSpec,
     adam_threshold,
     gd_threshold,
     heavy_ball_threshold,
@@ -53,6 +54,7 @@ __all__ = [
     "JobForecast",
     "LRPlan",
     "NotConvergedWarning",
+    "OptimizerSpec",
     "PredictorSettings",
     "SharpnessEstimate",
     "SharpnessTracker",

@@ -21,7 +21,7 @@ from edgewatch.monitor.curvature import adam_preconditioner
 from edgewatch.monitor.eigen import COLD_EXPLORE, top_eigenvalue
 from edgewatch.monitor.hvp import HessianOperator, Probe, flat_params
 from edgewatch.monitor.isolation import untouched
-from edgewatch.monitor.thresholds import threshold_for, uses_preconditioned_sharpness
+from edgewatch.monitor.thresholds import OptimizerSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,16 +58,11 @@ def find_lr(
     """
     params = flat_params(model)
     group = optimizer.param_groups[0]
-    description = {
-        "kind": type(optimizer).__name__,
-        "momentum": group.get("momentum"),
-        "nesterov": group.get("nesterov", False),
-        "betas": group.get("betas"),
-    }
+    spec = OptimizerSpec.of(optimizer)
     scale = None
     module = model if isinstance(model, torch.nn.Module) else None
     with untouched(module, params):
-        if uses_preconditioned_sharpness(description["kind"]):
+        if spec.preconditioned:
             scale = adam_preconditioner(optimizer, params)
             if scale is None:  # no state yet: Adam's first step divides by |g| + eps
                 grad = HessianOperator(params, probe).gradient.detach()
@@ -84,6 +79,6 @@ def find_lr(
             min_iter=min(COLD_EXPLORE, max_iter),  # a random start: explore first
         )
     # threshold(η) = constant/η for every optimizer here: η_c = constant/λ₀.
-    constant = threshold_for(description, 1.0)
+    constant = spec.threshold(1.0)
     lr = constant / est.value if est.value > 0 else float("inf")
     return CriticalLR(lr, est.value, scale is not None, est.matvecs, est.converged)

@@ -19,6 +19,7 @@ stability ratio (1.0 = at the edge). No torch here: the daemon uses these.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -69,24 +70,76 @@ def threshold_for(optimizer: Mapping[str, Any], lr: float | None = None) -> floa
     return gd_threshold(lr)
 
 
+def _number(value: Any) -> float | None:
+    # float() reads 0-d tensors too (capturable optimizers keep hyper-parameters as
+    # tensors) without this module importing torch.
+    return None if value is None else float(value)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimizerSpec:
+    """An optimizer's kind and first param group's hyper-parameters, read once.
+
+    The wire's ``OptimizerInfo`` carries the same fields; the daemon keeps that as a dict
+    and passes it to :func:`threshold_for`, which reads :meth:`as_dict`'s keys.
+    """
+
+    kind: str
+    """Class name, e.g. ``"AdamW"``, ``"SGD"``."""
+    lr: float
+    momentum: float | None = None
+    nesterov: bool = False
+    betas: tuple[float, float] | None = None
+    eps: float | None = None
+    weight_decay: float = 0.0
+    param_groups: int = 1
+    params: int = 0
+    """Number of trainable scalars the optimizer updates."""
+
+    @classmethod
+    def of(cls, optimizer: Any) -> OptimizerSpec:
+        """Read a live optimizer (anything with ``param_groups``); imports no torch."""
+        groups = getattr(optimizer, "param_groups", None)
+        if not groups:
+            raise TypeError(f"needs an optimizer with param_groups, got {type(optimizer).__name__}")
+        group = groups[0]
+        betas = group.get("betas")
+        lr = _number(group.get("lr"))
+        return cls(
+            kind=type(optimizer).__name__,
+            lr=0.0 if lr is None else lr,
+            momentum=_number(group.get("momentum")),
+            nesterov=bool(group.get("nesterov", False)),
+            betas=(float(betas[0]), float(betas[1])) if betas is not None else None,
+            eps=_number(group.get("eps")),
+            weight_decay=_number(group.get("weight_decay")) or 0.0,
+            param_groups=len(groups),
+            params=sum(p.numel() for g in groups for p in g.get("params", ())),
+        )
+
+    @property
+    def preconditioned(self) -> bool:
+        """Judged on λ_max(P⁻¹H) (Adam-type) rather than λ_max(H)."""
+        return uses_preconditioned_sharpness(self.kind)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The description :func:`threshold_for` and the wire's OptimizerInfo take."""
+        return dataclasses.asdict(self)
+
+    def threshold(self, lr: float | None = None) -> float:
+        """The stability threshold at ``lr`` (default: the LR it was read with)."""
+        return threshold_for(self.as_dict(), lr)
+
+
 def stability_threshold(optimizer: Any) -> float:
     """Threshold of a live optimizer at its first param group's current LR.
 
     2/lr for SGD, (2+2β)/lr with heavy-ball momentum, 38/lr for Adam with β1 = 0.9.
     Reads ``type(optimizer).__name__`` and ``param_groups[0]``; imports no torch.
     """
-    groups = getattr(optimizer, "param_groups", None)
-    if not groups:
+    if not getattr(optimizer, "param_groups", None):
         raise TypeError(
             "stability_threshold() needs an optimizer with param_groups, "
             f"got {type(optimizer).__name__}"
         )
-    group = groups[0]
-    description = {
-        "kind": type(optimizer).__name__,
-        "lr": float(group["lr"]),
-        "momentum": group.get("momentum"),
-        "nesterov": group.get("nesterov", False),
-        "betas": group.get("betas"),
-    }
-    return threshold_for(description)
+    return OptimizerSpec.of(optimizer).threshold()
