@@ -113,3 +113,41 @@ def test_the_tracker_interface_is_the_one_the_client_codes_against() -> None:
     assert params["max_forwards"].default == 10
     params = inspect.signature(edgewatch.monitor.top_eigenvalue).parameters
     assert params["gap"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def _helpers_of_the_module_itself(name: str, value: object) -> bool:
+    """Names every module has that are no part of its API: ``from __future__ import
+    annotations``, ``typing`` helpers, submodules."""
+    import __future__
+
+    import types
+
+    return (
+        name.startswith("_")
+        or isinstance(value, types.ModuleType | __future__._Feature)
+        or getattr(value, "__module__", None) == "typing"
+        or name == "TYPE_CHECKING"
+    )
+
+
+def test_every_public_name_is_exported_and_every_export_exists() -> None:
+    import edgewatch.client
+
+    for module in (edgewatch, edgewatch.monitor, edgewatch.schemas, edgewatch.client):
+        public = {
+            name
+            for name, value in vars(module).items()
+            if not _helpers_of_the_module_itself(name, value)
+        }
+        assert public <= set(module.__all__), (module.__name__, public - set(module.__all__))
+        assert module.__all__ == sorted(module.__all__, key=isort_order), module.__name__
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{module.__name__}.{name}"
+
+
+def test_classes_say_what_they_are() -> None:
+    from edgewatch.client.curvature import CurvatureSchedule
+    from edgewatch.client.sender import Sender
+
+    for cls in (edgewatch.Monitor, Sender, CurvatureSchedule, edgewatch.client.AttachOptions):
+        assert cls.__doc__ and len(cls.__doc__.split()) >= 8, cls.__name__

@@ -7,29 +7,6 @@ Two measurements: **sharpness** λ_max (λ_max(P⁻¹H) for Adam) by Lanczos on 
 al. 2025, arXiv 2506.04805); and, when asked for, the forward-only **critical sharpness**
 (``monitor.line_search``; Kalra et al. 2026, arXiv 2601.16979).
 
-When a λ_max estimate starts, and why (counted per reason in ``mon.stats``). The daemon
-multiplies the latest usable estimate by the *planned* LR, so what matters is that one
-recent enough exists before each rise of the plan:
-
-- ``first``: the first estimate the forecast can use, as soon as it can use one. For
-  SGD and heavy ball that is step 0 (the sharpness at initialisation says whether the
-  plan is safe from the start). For Adam-type optimizers it is step ``settle_steps``
-  (50, the daemon's default): the forecast leaves out preconditioned estimates before
-  it, as the second moment has not settled (Cohen et al. 2022, arXiv 2207.14484), so a
-  step-0 estimate would be a cold, dear one thrown away. A too-hot Adam start shows in
-  the loss within steps, which the daemon reads without sharpness.
-- ``rise``: the planned LR within ``horizon`` + lead steps exceeds RISE × the highest
-  LR the last estimate was taken to vouch for (the plan's peak over the same window
-  when it started): each stretch of a warmup, a scheduled jump, a cyclic restart. The
-  lead (the estimate's expected slices plus LEAD) makes it arrive before the daemon's
-  horizon reaches the rise, so a crossing there is forecast ``horizon`` steps ahead.
-  The plan comes from the job's scheduler, stepped ahead on this thread
-  (``client/pacing.py``: the sender thread's copy may arrive too late to act on).
-- ``stir``: the loss or gradient norm jumped off its running mean (``pacing.Stir``).
-- ``cadence`` / ``edge``: otherwise at a steady cadence, so that progressive
-  sharpening's trend is known; URGENT times more often when the daemon's last Ack put
-  the stability ratio at NEAR_EDGE or above (``follow``), counted as ``edge``.
-
 The budget: the share ``budget`` of the run's training time, counted in the run's own
 median step time (``pacing.StepClock``, curvature left out), not in seconds, so that two
 machines give the same schedule; slices are charged their HVPs and graphs at the median
@@ -90,6 +67,29 @@ FIRST_SHARE = 0.5  # of the allowance the first, cold estimate may use
 
 
 class CurvatureSchedule:
+    """When to measure curvature (``due``), and the measuring (``measure``). A λ_max
+    estimate starts for a reason, counted in ``mon.stats``; the daemon multiplies the last
+    usable one by the *planned* LR, so one recent enough must precede each rise of the plan:
+    - ``first``: the first estimate the forecast can use, as soon as it can use one. For
+      SGD and heavy ball that is step 0 (the sharpness at initialisation says whether the
+      plan is safe from the start). For Adam-type optimizers it is step ``settle_steps``
+      (50, the daemon's default): the forecast leaves out preconditioned estimates before
+      it, as the second moment has not settled (Cohen et al. 2022, arXiv 2207.14484), so a
+      step-0 estimate would be a cold, dear one thrown away. A too-hot Adam start shows in
+      the loss within steps, which the daemon reads without sharpness.
+    - ``rise``: the planned LR within ``horizon`` + lead steps exceeds RISE × the highest
+      LR the last estimate was taken to vouch for (the plan's peak over the same window
+      when it started): each stretch of a warmup, a scheduled jump, a cyclic restart. The
+      lead (the estimate's expected slices plus LEAD) makes it arrive before the daemon's
+      horizon reaches the rise, so a crossing there is forecast ``horizon`` steps ahead.
+      The plan comes from the job's scheduler, stepped ahead on this thread
+      (``client/pacing.py``: the sender thread's copy may arrive too late to act on).
+    - ``stir``: the loss or gradient norm jumped off its running mean (``pacing.Stir``).
+    - ``cadence`` / ``edge``: otherwise at a steady cadence, so that progressive
+      sharpening's trend is known; URGENT times more often when the daemon's last Ack put
+      the stability ratio at NEAR_EDGE or above (``follow``), counted as ``edge``.
+    """
+
     def __init__(
         self,
         target: torch.nn.Module | list[torch.Tensor],
