@@ -15,37 +15,14 @@ import logging
 import math
 import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
 from edgewatch._version import __version__
+from edgewatch.api_client import DEFAULT_SERVER, api_get
 from edgewatch.errors import ApiError, ConfigError
 from edgewatch.server.config import forecast_flags, forecast_overrides, predictor_from_flags
-
-DEFAULT_SERVER = "http://127.0.0.1:9108"
-
-
-def api_get(server: str, path: str, timeout: float = 5.0) -> Any:
-    url = server.rstrip("/") + path
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as exc:
-        with exc:  # an HTTPError holds the response open until closed
-            try:
-                message = json.load(exc).get("error", exc.reason)
-            except ValueError:
-                message = exc.reason
-        raise ApiError(f"{url}: {exc.code} {message}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ApiError(
-            f"cannot reach the edgewatch daemon at {server} ({reason}); is `edgewatch serve` "
-            "running? Point --server (or EDGEWATCH_SERVER) at its HTTP address."
-        ) from exc
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

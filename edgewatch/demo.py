@@ -19,7 +19,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from edgewatch.cli import DEFAULT_SERVER, api_get, main
+from edgewatch import api_client
+from edgewatch.api_client import DEFAULT_SERVER
 from edgewatch.monitor.thresholds import threshold_for
 from edgewatch.server.process import spawn_daemon, wait_healthy
 
@@ -92,11 +93,10 @@ def train(endpoint: str, job: str, steps: int) -> None:
 def what_edgewatch_saw(server: str, job: str) -> None:
     """The forecast as the daemon raised it (its alerts), against when the loss spiked:
     the first step whose loss is non-finite or twice its best so far."""
-    quoted = urllib.parse.quote(job, safe="")
-    optimizer = api_get(server, f"/api/jobs/{quoted}")["optimizer"]
-    estimates = api_get(server, f"/api/jobs/{quoted}/sharpness")
-    steps = api_get(server, f"/api/jobs/{quoted}/steps")
-    alerts = api_get(server, f"/api/jobs/{quoted}/alerts")
+    optimizer = api_client.job(server, job)["optimizer"]
+    estimates = api_client.job_list(server, job, "sharpness")
+    steps = api_client.job_list(server, job, "steps")
+    alerts = api_client.job_list(server, job, "alerts")
     best, spike = float("inf"), None
     for s in steps:
         if s["loss"] is None or s["loss"] >= 2 * best:  # non-finite (stored as null) or doubled
@@ -132,6 +132,19 @@ def what_edgewatch_saw(server: str, job: str) -> None:
         )
 
 
+def the_jobs(server: str, job: str) -> None:
+    """What the daemon holds now, as ``edgewatch jobs`` and ``edgewatch show`` read it."""
+    for found in api_client.jobs(server):
+        print(
+            f"  {found['job_id']}  {found['status']}  last step {found['last_step']}  "
+            f"{found['records']} records"
+        )
+    analysis = api_client.job(server, job)["analysis"]
+    print(f"  {job}: {analysis['state'].upper()}  ({analysis['reason']})")
+    print(f"  (the same from the shell: edgewatch jobs --server {server};")
+    print(f"   edgewatch show {job} --server {server})")
+
+
 def keep_serving(daemon: subprocess.Popen[bytes]) -> None:
     """Let a person look at the page: serve until Ctrl-C (the terminal sends SIGINT to the
     daemon too, which then stops as it does on SIGTERM). Not on a terminal (CI, a pipe),
@@ -164,10 +177,8 @@ def run_demo(steps: int = 600, workdir: str = ".demo") -> int:
         train(endpoint, job, steps)
         print("\n== what edgewatch saw")
         what_edgewatch_saw(server, job)
-        print("\n== edgewatch jobs")
-        main(["jobs", "--server", server])
-        print(f"\n== edgewatch show {job}")
-        main(["show", job, "--server", server])
+        print("\n== the daemon's jobs")
+        the_jobs(server, job)
         print(f"\n== Prometheus metrics at {server}/metrics, e.g.:")
         with urllib.request.urlopen(server + "/metrics", timeout=5) as response:
             for line in response.read().decode().splitlines():

@@ -19,7 +19,7 @@ import urllib.parse
 import warnings
 from typing import Any
 
-from edgewatch.cli import api_get
+from edgewatch.api_client import api_get
 from edgewatch.errors import ConfigError
 from edgewatch.monitor.thresholds import threshold_for
 
