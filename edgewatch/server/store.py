@@ -33,7 +33,7 @@ from edgewatch.server.tables import (
     SharpnessRow,
     StepRow,
 )
-from edgewatch.server.upgrade import add_missing_columns
+from edgewatch.server.upgrade import upgrade
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,7 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         try:
-            Base.metadata.create_all(self.engine)
-            add_missing_columns(self.engine, Base.metadata)
+            upgrade(self.engine)  # migrations, under a lock where daemons share a database
         except OperationalError as exc:
             raise ConfigError(f"cannot open database {self.engine.url!r}: {exc.orig}") from exc
         # ON CONFLICT DO NOTHING makes a resent record a no-op (see bulk.py).

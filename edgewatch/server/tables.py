@@ -4,8 +4,8 @@ Record tables are keyed by (job, run, seq): the client's delivery key, so that a
 resent record is a conflict the insert ignores, never a second row. On SQLite they
 are WITHOUT ROWID tables, so that key is the only B-tree an insert has to update.
 
-The schema is created with ``create_all``; Alembic migrations come with the first
-change to a released schema.
+The schema is made and changed by the Alembic revisions in ``migrations/versions/``
+(run by ``upgrade.py`` at start): a change here goes with a new revision there.
 """
 
 from __future__ import annotations
