@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Unpack
 
 import torch
 
-from edgewatch.client.arguments import DEFAULT_ENDPOINT
+from edgewatch.client.arguments import endpoint_list
 from edgewatch.client.monitor import Monitor
 from edgewatch.client.options import AttachOptions, OptionKeywords
 
@@ -18,7 +17,7 @@ def attach(
     model: torch.nn.Module | None = None,
     *,
     job: str,
-    endpoint: str | None = None,
+    endpoint: str | Sequence[str] | None = None,
     probe: Callable[[], torch.Tensor] | None = None,
     scheduler: Any = None,
     total_steps: int | None = None,
@@ -28,14 +27,15 @@ def attach(
     """Start monitoring ``optimizer``'s training; ``options`` are the fields of
     :class:`AttachOptions` (checked before anything starts).
 
-    ``endpoint`` defaults to ``$EDGEWATCH_ENDPOINT`` or tcp://127.0.0.1:5555.
+    ``endpoint``: a daemon's ZeroMQ endpoint, or a list of them (the client moves to the
+    next when the one it sends to stops answering); default ``$EDGEWATCH_ENDPOINT`` (one,
+    or several separated by commas) or tcp://127.0.0.1:5555.
     """
-    endpoint = endpoint or os.environ.get("EDGEWATCH_ENDPOINT", DEFAULT_ENDPOINT)
     return Monitor(
         optimizer,
         model,
         job=job,
-        endpoint=endpoint,
+        endpoint=endpoint_list(endpoint),
         probe=probe,
         scheduler=scheduler,
         total_steps=total_steps,

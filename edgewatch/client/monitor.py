@@ -17,12 +17,18 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from edgewatch.client.arguments import DEFAULT_ENDPOINT, check_arguments, curve_keys, open_spool
+from edgewatch.client.arguments import (
+    DEFAULT_ENDPOINT,
+    check_arguments,
+    curve_keys,
+    endpoint_list,
+    open_spool,
+)
 from edgewatch.client.capture import (
     describe_optimizer,
     global_grad_norm,
@@ -73,14 +79,15 @@ class Monitor:
         model: torch.nn.Module | None = None,
         *,
         job: str,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str | Sequence[str] = DEFAULT_ENDPOINT,
         probe: Callable[[], torch.Tensor] | None = None,
         scheduler: Any = None,
         total_steps: int | None = None,
         budget: float = 0.02,
         options: AttachOptions | None = None,
     ) -> None:
-        check_arguments(optimizer, job, endpoint, budget, total_steps)
+        endpoints = endpoint_list(endpoint)
+        check_arguments(optimizer, job, endpoints, budget, total_steps)
         options = AttachOptions() if options is None else options
         self.options = options
         probe_batch, grad_scaler = options.probe_batch, options.grad_scaler
@@ -154,7 +161,7 @@ class Monitor:
                 preflight=None if options.preflight is None else options.preflight.to_record(),
             )
             self.sender = Sender(
-                endpoint,
+                endpoints,
                 job,
                 self.run,
                 start,
@@ -296,14 +303,17 @@ class Monitor:
             self._fail("event", exc)
 
     @property
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | str]:
         """Counters: records sent/acknowledged/rejected/dropped, errors, unacknowledged,
-        spooled (written to the disk spool) and spool_torn_bytes (discarded, torn); with
+        spooled (written to the disk spool) and spool_torn_bytes (discarded, torn); the
+        endpoint sent to now and failovers (moves to the next endpoint so far); with
         a probe, sharpness estimates per reason and the curvature spending
         (``CurvatureSchedule.stats``)."""
         s = self.sender.stats if self.sender else None
-        curvature = self.curvature.stats() if self.curvature is not None else {}
-        return curvature | {
+        out: dict[str, int | str] = {}
+        if self.curvature is not None:
+            out |= self.curvature.stats()
+        return out | {
             "steps": self._step,
             "records": s.records if s else 0,
             "acknowledged": s.acknowledged if s else 0,
@@ -313,6 +323,8 @@ class Monitor:
             "errors": self.errors + (s.errors if s else 0),
             "spooled": s.spooled if s else 0,
             "spool_torn_bytes": s.spool_torn_bytes if s else 0,
+            "endpoint": self.sender.endpoint if self.sender else "",
+            "failovers": self.sender.failovers if self.sender else 0,
         }
 
     def close(self, status: str = "finished", timeout: float | None = None) -> None:

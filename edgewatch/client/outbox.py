@@ -42,6 +42,7 @@ class Frame:
     records: int
     payload: bytes
     sticky: bool  # holds the JobStart: never dropped
+    repeat: bool = False  # records already acknowledged once (the JobStart sent again)
     sent_at: float | None = None
     created_at: float = dataclasses.field(default_factory=time.monotonic)
 
@@ -101,6 +102,7 @@ class Outbox:
         """``record`` (a JobStart sent again) in a sticky frame ahead of all others."""
         frame = self.add([record], sticky=True)
         self.stats.records -= 1  # the same record again, not a new one
+        frame.repeat = True
         self.frames.move_to_end(frame.frame_id, last=False)
 
     def has_sticky(self) -> bool:

@@ -9,14 +9,19 @@ every frame until the daemon acknowledges its commit, and resends what goes unan
 The socket has IMMEDIATE set: while no daemon is connected a send fails at once
 instead of queueing inside ZeroMQ, so the frames stay here, counted and bounded, and
 ``close()`` knows there is nobody to wait for.
+
+With several endpoints, work unanswered past ``resend_after`` moves the socket to the
+next one (``_fail_over``): the JobStart goes first again, then every unacknowledged frame.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -59,7 +64,7 @@ class Sender(threading.Thread):
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         job: str,
         run: int,
         start: dict[str, Any],
@@ -72,7 +77,12 @@ class Sender(threading.Thread):
         plan_news: collections.deque[News] | None = None,
     ) -> None:
         super().__init__(name="edgewatch-sender", daemon=True)
-        self.endpoint = endpoint
+        # Daemons to try in turn: the next one when this one stops answering (failover).
+        self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        self._current = 0
+        self.failovers = 0
+        self._waiting_since: float | None = None  # unanswered work since, at this daemon
+        self._finish_failovers = 0
         self.job, self.run_id = job, run
         self._start_fields = start  # the JobStart: framed first, kept until acknowledged
         self.flush_interval = flush_interval
@@ -112,6 +122,11 @@ class Sender(threading.Thread):
         self._finish_asked = time.monotonic()
         self._close_deadline = self._finish_asked + timeout
         self._finishing.set()
+
+    @property
+    def endpoint(self) -> str:
+        """The daemon this sender sends to now."""
+        return self.endpoints[self._current]
 
     @property
     def unacknowledged(self) -> int:
@@ -161,6 +176,10 @@ class Sender(threading.Thread):
                 if poller.poll(int(self.flush_interval * 1000)):
                     self._read_replies(sock)
                     last_contact = time.monotonic()
+                    self._waiting_since = None  # this daemon answers
+                if self._stalled(time.monotonic()):
+                    self._fail_over(sock)
+                    last_contact = time.monotonic()
             except Exception as exc:
                 self.stats.errors += 1
                 self._note(type(exc).__name__, f"sender error (monitoring continues): {exc!r}")
@@ -176,7 +195,54 @@ class Sender(threading.Thread):
         # than ZeroMQ's reconnect backoff, so a daemon that just restarted is found): a
         # daemon that never existed, or died, must not hold close() for the whole timeout.
         quiet = now - max(last_contact, self._finish_asked)
-        return not self.connected and quiet > CONNECT_GRACE
+        return not self.connected and quiet > CONNECT_GRACE and not self._may_fail_over()
+
+    # -- failover ---------------------------------------------------------------------
+
+    def _may_fail_over(self) -> bool:
+        """Another endpoint to try; once close() is asked for, each other one once."""
+        if len(self.endpoints) < 2:
+            return False
+        return not self._finishing.is_set() or self._finish_failovers < len(self.endpoints) - 1
+
+    def _stalled(self, now: float) -> bool:
+        """Work has waited for this daemon past the resend timeout with no answer from it
+        (sends failing, or sent and unanswered): a daemon dead for good, for all we know.
+        Once close() is asked for, patience is shorter than close()'s own (CONNECT_GRACE),
+        so that the others are tried before it gives up."""
+        if self.unacknowledged == 0:
+            self._waiting_since = None
+            return False
+        if self._waiting_since is None:
+            self._waiting_since = now
+            return False
+        finishing = self._finishing.is_set()
+        patience = min(self.resend_after, CONNECT_GRACE / 2) if finishing else self.resend_after
+        return now - self._waiting_since > patience and self._may_fail_over()
+
+    def _fail_over(self, sock: zmq.Socket[Any]) -> None:
+        """Move to the next endpoint: every unacknowledged frame goes again, behind the
+        JobStart (the new daemon may not know the job). Nothing acknowledged is lost, and
+        nothing is stored twice: the daemons store records once by (job, run, seq)."""
+        old = self.endpoint
+        self._current = (self._current + 1) % len(self.endpoints)
+        self.failovers += 1
+        if self._finishing.is_set():
+            self._finish_failovers += 1
+        with contextlib.suppress(zmq.ZMQError):  # not connected any more: nothing to undo
+            sock.disconnect(old)
+        sock.connect(self.endpoint)
+        self.connected = False
+        self._waiting_since = None
+        self.outbox.resend_all()
+        if self._start_record is not None and not self.outbox.has_sticky():
+            self.outbox.add_first(self._start_record)
+        log.warning(
+            "edgewatch: no answer from %s for %.1f s; sending to %s",
+            old,
+            self.resend_after,
+            self.endpoint,
+        )
 
     def _frame_inbox(self) -> None:
         while self.inbox:
@@ -274,7 +340,8 @@ class Sender(threading.Thread):
                 case Ack():
                     # Every record of the frame is taken care of (stored now, stored
                     # before, or applied to the job) except the ones refused.
-                    self.stats.acknowledged += frame.records - reply.rejected
+                    if not frame.repeat:  # counted when it was acknowledged first
+                        self.stats.acknowledged += frame.records - reply.rejected
                     self.stability_ratio = reply.stability_ratio
                     self.stats.rejected += reply.rejected
                     if reply.rejected:
