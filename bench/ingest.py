@@ -160,7 +160,9 @@ def _fresh(url: str, tmp: Path) -> str:
         return f"sqlite:///{tmp / 'paced.db'}"
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(sqlalchemy.text("DROP TABLE alerts, steps, sharpness, events, jobs"))
+        # alembic_version too: a database without it is empty to the upgrade at start.
+        tables = "alerts, steps, sharpness, events, jobs, alembic_version"
+        conn.execute(sqlalchemy.text(f"DROP TABLE {tables}"))
     engine.dispose()
     return url
 
