@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import torch
 
-from edgewatch.client.pacing import PlanView, Spending, StepClock, Stir
+from edgewatch.client.pacing import PlanView, Rises, Spending, StepClock, Stir
 from edgewatch.client.schedule import PlanSource
 from edgewatch.monitor.direction import update_direction
 from edgewatch.monitor.hvp import flat_params
@@ -58,12 +58,13 @@ CRITICAL_FORWARDS = 5  # probe forwards per critical-sharpness search
 RETRY_STEPS = 50  # after a failed attempt, wait RETRY_STEPS / budget steps
 NEAR_EDGE = 0.8  # stability ratio from which curvature is measured more often
 URGENT = 4.0  # how much more often
-RISE = 1.5  # a planned LR this much above the one last vouched for wants an estimate
 LEAD = 20  # steps of slack before the horizon, on top of an estimate's slices
 MIN_GAP = 10  # steps between a stir or cadence estimate and the one before
 UNKNOWN_RUN = 500  # steps a run of unknown length is expected to last, at least
 MAX_HVPS = 30  # Lanczos HVPs per estimate at most (the tracker's default)
 FIRST_SHARE = 0.5  # of the allowance the first, cold estimate may use
+SLICE_STEPS = 1.0  # step times a slice may take, where HVPs are cheap (``_slice_hvps``)
+MAX_SLICE_HVPS = 8  # HVPs a slice may run at most
 
 
 class CurvatureSchedule:
@@ -77,13 +78,13 @@ class CurvatureSchedule:
       it, as the second moment has not settled (Cohen et al. 2022, arXiv 2207.14484), so a
       step-0 estimate would be a cold, dear one thrown away. A too-hot Adam start shows in
       the loss within steps, which the daemon reads without sharpness.
-    - ``rise``: the planned LR within ``horizon`` + lead steps exceeds RISE × the highest
-      LR the last estimate was taken to vouch for (the plan's peak over the same window
-      when it started): each stretch of a warmup, a scheduled jump, a cyclic restart. The
-      lead (the estimate's expected slices plus LEAD) makes it arrive before the daemon's
-      horizon reaches the rise, so a crossing there is forecast ``horizon`` steps ahead.
-      The plan comes from the job's scheduler, stepped ahead on this thread
-      (``client/pacing.py``: the sender thread's copy may arrive too late to act on).
+    - ``rise``: the planned LR within ``horizon`` + lead steps exceeds 1.5 × the highest
+      LR the last estimate was taken to vouch for: each stretch of a warmup, a scheduled
+      jump, a cyclic restart; and, before a sharp rise, once more within half a horizon
+      of it (``pacing.Rises``: the sharpness may grow in between). The lead (the
+      estimate's expected slices plus LEAD) makes it arrive before the daemon's horizon
+      reaches the rise. The plan comes from the job's scheduler, stepped ahead on this
+      thread (``client/pacing.py``: the sender thread's copy may arrive too late).
     - ``stir``: the loss or gradient norm jumped off its running mean (``pacing.Stir``).
     - ``cadence`` / ``edge``: otherwise at a steady cadence, so that progressive
       sharpening's trend is known; URGENT times more often when the daemon's last Ack put
@@ -113,6 +114,7 @@ class CurvatureSchedule:
         self.settle_steps = settle_steps
         self.horizon = horizon
         self.adam = uses_preconditioned_sharpness(type(optimizer).__name__)
+        self.hvps_per_step = hvps_per_step
         self.tracker = SharpnessTracker(target, probe, optimizer, hvps_per_step=hvps_per_step)
         self.urgency = 1.0
         # Step times are read on this clock: wall time, unless a benchmark that
@@ -121,15 +123,16 @@ class CurvatureSchedule:
         self.started = self.clock()
         self.ticks = StepClock(self.clock)
         self.view = PlanView(plans) if plans is not None else None
+        self.rises = Rises(self.view, horizon)
         self.stir = Stir()
         self.critical_share = budget * CRITICAL_SHARE if critical else 0.0
         self.spending = Spending(self.ticks)
         self.first_units = 0  # of the first λ_max estimate (cold, the dearest)
         self.warm_units = 0.0  # running mean of a later estimate's units
         self.warm_hvps = float(WARM_HVPS_GUESS)  # running mean of a later one's HVPs
-        self.largest_cost = 0.0  # the dearest single measurement after the first
         self.critical_cost = 0.0  # running mean of a critical search's seconds
         self._estimate_units = 0  # of the λ_max estimate in progress: graphs and HVPs
+        self._estimate_seconds = 0.0  # ... and the seconds its slices took
         self._estimate_hvps = 0  # of which HVPs
         self.steps = 0  # training steps seen (due() is asked once per step)
         self.step = -1  # the current step's number
@@ -137,7 +140,6 @@ class CurvatureSchedule:
         self.estimates = 0  # λ_max estimates finished
         self.reasons = dict.fromkeys(REASONS, 0)  # finished estimates per reason
         self.reason: Reason = "first"  # of the estimate under way (or the last)
-        self.vouched = 0.0  # the highest planned LR the last estimate was started for
         self.last_end = -(10**9)  # step the last estimate finished (or failed) at
         self.last_critical = -(10**9)
         self.not_before = 0  # after a failure, no new attempt before this step
@@ -153,7 +155,8 @@ class CurvatureSchedule:
 
     @property
     def spent(self) -> float:
-        """Seconds charged to the budget so far (``pacing.Spending.charge``)."""
+        """Seconds of curvature work so far, as it took (the budget counts step times:
+        ``pacing.Spending``)."""
         return self.spending.seconds
 
     def expected_steps(self) -> int:
@@ -168,14 +171,13 @@ class CurvatureSchedule:
 
     def free(self) -> float:
         """Step times of the allowance not yet spent."""
-        return self.allowance() - self.spending.in_steps(
-            self.spending.seconds - self.spending.critical
-        )
+        spending = self.spending
+        return self.allowance() - (spending.spent() - spending.critical)
 
     def reserve(self) -> float:
-        """Step times kept back from the cadence for the next planned rise, if any."""
-        ahead = (self.view is not None and self.view.peak(self.step, 1 << 62)) or 0.0
-        return self.expected_cost() if ahead > RISE * self.vouched else 0.0
+        """Step times kept back from the cadence for the estimates the planned rises in
+        view still want."""
+        return self.rises.pending(self.step) * self.expected_cost()
 
     def expected_cost(self) -> float:
         """Step times a (warm) estimate is expected to cost."""
@@ -206,16 +208,16 @@ class CurvatureSchedule:
                 self.spending.charge(time.perf_counter() - begun)
         if self.step < self.not_before:
             return None
-        reason = self._why(stirred)
+        reason = self._why(stirred, lr)
         if reason is not None:
             self.reason = reason
-            self.vouched = self._peak(self.step, lr)
+            self.rises.started(self.step, lr, self.lead())
             return "sharpness"
         if self.critical_share > 0 and self._critical_due():
             return "critical"
         return None
 
-    def _why(self, stirred: bool) -> Reason | None:
+    def _why(self, stirred: bool, lr: float | None) -> Reason | None:
         if self.tracker.last is None:
             # Adam's estimates before settle_steps are left out of the forecast.
             ready = not self.adam or self.step >= self.settle_steps
@@ -224,42 +226,30 @@ class CurvatureSchedule:
         free = self.free()
         # A rise goes first: what is free buys at least a slice's worth of an estimate
         # (``_hvp_cap`` ends it early, unconverged, when the allowance runs out).
-        if free >= 3 * self.spending.per_unit() and self._rise_ahead():
+        age = self.step - self.last_end
+        affordable = int(free / cost) if cost > 0 else 0
+        slice_cost = (self.tracker.hvps_per_step + 1) * self.spending.per_unit()
+        if free >= slice_cost and self.rises.due(self.step, lr, self.lead(), age, affordable):
             return "rise"
         if not free >= cost:  # also False for NaN or inf (no step timed yet)
             return None
-        since = self.step - self.last_end
-        if since < MIN_GAP:
+        if age < MIN_GAP:
             return None
         if stirred:
             return "stir"
         # Spread what is free over the steps left: one estimate per `cost` of it.
         free -= self.reserve()
+        if not free >= cost:  # the rises in view come first
+            return None
         left = max(self.expected_steps() - self.step, 1)
         interval = max(left * cost / free, MIN_GAP) / self.urgency
-        if since >= interval:
+        if age >= interval:
             return "edge" if self.urgency > 1 else "cadence"
         return None
 
     def lead(self) -> int:
         """Steps from the start of an estimate to the horizon's reach: its slices + LEAD."""
         return self.horizon + math.ceil(self.warm_hvps / self.tracker.hvps_per_step) + LEAD
-
-    def _peak(self, step: int, lr: float | None) -> float:
-        peak = self.view.peak(step, step + self.lead()) if self.view is not None else None
-        return max(x for x in (peak, lr, 0.0) if x is not None)
-
-    def _rise_ahead(self) -> bool:
-        """The plan rises, within the horizon and lead, above what was vouched for: by
-        RISE, or at all once the last estimate is older than the horizon (so the last
-        stretch of a warmup gets one within the horizon of its peak)."""
-        if self.view is None:
-            return False
-        peak = self.view.peak(self.step, self.step + self.lead())
-        if peak is None:
-            return False
-        stale = self.step - self.last_end >= self.horizon
-        return peak > (1.01 if stale else RISE) * self.vouched
 
     def _hvp_cap(self) -> int:
         """HVPs the estimate under way may reach: what the allowance still covers, at the
@@ -280,8 +270,17 @@ class CurvatureSchedule:
         more = int(free / per_hvp) - 1  # one unit for the probe graph
         return max(floor, min(MAX_HVPS, self._estimate_hvps + more))
 
+    def _slice_hvps(self) -> int:
+        """HVPs of the next slice: as many as fit in SLICE_STEPS step times, between the
+        ``hvps_per_step`` asked for and MAX_SLICE_HVPS. Where an HVP is cheap beside a
+        step (a small probe, a large batch) fewer slices mean fewer probe graphs and less
+        drift of the parameters under one estimate, at a stall of about a step."""
+        per_unit = self.spending.per_unit()
+        fit = int(SLICE_STEPS / per_unit) - 1 if per_unit > 0 else 0  # less the graph
+        return max(self.hvps_per_step, min(fit, MAX_SLICE_HVPS))
+
     def _critical_due(self) -> bool:
-        spent = self.spending.in_steps(self.spending.critical)
+        spent = self.spending.critical
         cost = self.spending.in_steps(self.critical_cost)
         paced = (self.step - self.last_critical) * self.critical_share >= cost
         return paced and spent + cost <= self.critical_share * self.steps
@@ -296,6 +295,7 @@ class CurvatureSchedule:
         over all its slices (else None and the slice's seconds)."""
         first = self.tracker.last is None
         hvps = self.tracker.hvps_total
+        self.tracker.hvps_per_step = self._slice_hvps()
         self.tracker.max_hvps = self._hvp_cap()
         start = time.perf_counter()
         self.attempts += 1
@@ -304,11 +304,13 @@ class CurvatureSchedule:
         units = 1 + self.tracker.hvps_total - hvps  # the probe graph and the HVPs
         self.spending.charge(seconds, units)  # the first one too
         self._estimate_units += units
+        self._estimate_seconds += seconds
         self._estimate_hvps += units - 1
         if est is None:
             return None, seconds
-        total = self._estimate_units
+        total, took = self._estimate_units, self._estimate_seconds
         self._estimate_units = self._estimate_hvps = 0
+        self._estimate_seconds = 0.0
         self.estimates += 1
         self.reasons[self.reason] += 1
         self.last_end = self.step
@@ -318,8 +320,7 @@ class CurvatureSchedule:
             later = self.estimates > 2
             self.warm_units = 0.7 * self.warm_units + 0.3 * total if later else total
             self.warm_hvps = 0.7 * self.warm_hvps + 0.3 * est.matvecs if later else est.matvecs
-            self.largest_cost = max(self.largest_cost, total * self.spending.unit_cost())
-        return est, total * self.spending.unit_cost()
+        return est, took
 
     def critical(self, lr: float) -> tuple[CriticalSharpness | None, float]:
         """The critical sharpness along the last update (None when there is no update)."""
@@ -338,7 +339,6 @@ class CurvatureSchedule:
         )  # fmt: skip
         self.last_critical = self.step
         self.critical_searches += 1
-        self.largest_cost = max(self.largest_cost, seconds)
         return result, seconds
 
     def measure(self, kind: Kind, lr: float) -> dict[str, Any] | None:
@@ -380,16 +380,16 @@ class CurvatureSchedule:
         self.not_before = self.step + math.ceil(RETRY_STEPS / max(self.budget, 1e-9))
         if kind == "sharpness":
             self.tracker = SharpnessTracker(
-                self.target, self.probe, self.optimizer, hvps_per_step=self.tracker.hvps_per_step
+                self.target, self.probe, self.optimizer, hvps_per_step=self.hvps_per_step
             )  # drop the broken estimate: the next starts afresh
             self._estimate_units = self._estimate_hvps = 0
+            self._estimate_seconds = 0.0
 
     def stats(self) -> dict[str, int]:
         """For ``mon.stats``: estimates per reason, HVPs, and the share of the run's
         training time spent on curvature, in per mille (counted in step times)."""
         out = {f"estimates_{reason}": count for reason, count in self.reasons.items()}
-        spent = self.spending.in_steps(self.spending.seconds)
-        share = spent / max(self.steps, 1)
+        share = self.spending.spent() / max(self.steps, 1)
         out["curvature_hvps"] = self.tracker.hvps_total
         out["curvature_permille"] = round(1000 * share) if math.isfinite(share) else 0
         return out

@@ -6,6 +6,7 @@ stirs. Training thread only; each costs a few µs a step, and only when a probe 
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
 import statistics
@@ -17,6 +18,8 @@ from edgewatch.monitor.plan import lr_moved
 log = logging.getLogger("edgewatch.client")
 
 STEP_WINDOW = 101  # recent step times the median is taken over
+RECENT_STEPS = 9  # step times a slice's price is read against (the load of the moment)
+SETUP_SLICES = 2  # the run's first slices, slowed by one-off set-up, give no price
 MEDIAN_EVERY = 16  # steps between recomputations of the median
 PLAN_AHEAD = 1024  # steps of planned LR kept in view (~3 ms to step a torch scheduler)
 REPLAN_GAP = 64  # steps between new views taken because the LR left the plan
@@ -25,6 +28,7 @@ STIR_FLOOR = 0.1  # ... and at least this much in the log (10%): float noise is 
 STIR_RATE = 0.05  # weight of the newest value in the running mean and variance
 STIR_WARM = 20  # values before a stir can be seen
 UNIT_WINDOW = 31  # recent slices whose median cost per HVP is charged
+RISE = 1.5  # a planned LR this much above the one last vouched for wants an estimate
 
 
 class StepClock:
@@ -48,14 +52,21 @@ class StepClock:
 
     def tick(self, work: float) -> None:
         """One training step ended (called once per ``mon.step``), with ``work`` seconds
-        of curvature charged since the last tick, left out of the step (as charged: a
-        lent clock, bench/harness.py, advances by the seconds charged; on the wall clock
-        a slow slice's excess falls on a step, which the median ignores)."""
+        of curvature work since the last tick, left out of the step (a lent clock,
+        bench/harness.py, advances by those seconds too)."""
         now = self.clock()
         if self.last is not None:
             self.times.append(max(now - self.last - work, 0.0))
             self._age += 1
         self.last = now
+
+    def recent(self) -> float | None:
+        """The median of the last RECENT_STEPS step times (None before one)."""
+        if not self.times:
+            return None
+        recent = list(itertools.islice(reversed(self.times), RECENT_STEPS))
+        median = statistics.median(recent)
+        return median if median > 0 else None
 
     @property
     def unit(self) -> float | None:
@@ -68,58 +79,78 @@ class StepClock:
 
 
 class Spending:
-    """Curvature work charged, and read in step times (``StepClock``).
+    """Curvature work charged, in the run's own step times (``StepClock``).
 
-    A λ_max slice is charged by what it did, its probe graph and HVPs ("units"), at the
-    median seconds per unit over recent slices (the run's first slice, slowed by one-off
-    set-up, left out), re-priced as the median moves: a slice slowed by something else
-    (another process, the sender thread holding the GIL) costs what a slice costs, the
-    same on a busy machine as on an idle one. Other work (the plan view, a failed probe,
-    critical-sharpness searches) is charged the seconds it took.
+    A λ_max slice is charged once, by what it did, its probe graph and HVPs ("units"),
+    at the lowest price of a unit over recent slices, so that what was free when an
+    estimate was decided stays what was free. Each price is read against the training
+    steps just before its slice (seconds per unit over the median of the last
+    RECENT_STEPS steps): both are timed under the same load, so a price read while the
+    machine was busy is not applied, ten times off, after it has gone quiet. The lowest,
+    because a timing's excess over it is other processes' doing (Python's ``timeit``
+    documentation gives the same reason), and a short run has a few slices: one held up
+    must not make its whole estimate dear. The run's first SETUP_SLICES slices (slowed
+    by one-off set-up: LAPACK, autograd's first double backward) give no price and are
+    charged at the first price read. Other work (the plan view, a failed probe) and
+    critical-sharpness searches are charged the seconds they took, in step times.
     """
 
     def __init__(self, ticks: StepClock) -> None:
         self.ticks = ticks
         self.units = 0  # probe graphs + HVPs of the λ_max slices
-        self.other = 0.0  # seconds of other work
-        self.critical = 0.0  # seconds of critical-sharpness searches
-        self.unit_costs: collections.deque[float] = collections.deque(maxlen=UNIT_WINDOW)
+        self.charged = 0.0  # step times charged for them
+        self.unpriced = 0  # ... of which charged nothing yet: no price read so far
+        self.slices = 0
+        self.other = 0.0  # step times of other work
+        self.critical = 0.0  # step times of critical-sharpness searches
+        self.early = 0.0  # seconds of other work before a step was timed
+        self.prices: collections.deque[float] = collections.deque(maxlen=UNIT_WINDOW)
+        self.seconds = 0.0  # all work, in seconds as it took
         self._lapped = 0.0  # ``seconds`` at the last lap
 
-    def unit_cost(self) -> float:
-        """Median seconds of one unit (0 before any)."""
-        return statistics.median(self.unit_costs) if self.unit_costs else 0.0
-
-    @property
-    def seconds(self) -> float:
-        """All curvature work, as charged."""
-        return self.units * self.unit_cost() + self.other + self.critical
+    def per_unit(self) -> float:
+        """Step times one unit costs: the lowest over recent slices (0 before a price)."""
+        return min(self.prices) if self.prices else 0.0
 
     def in_steps(self, seconds: float) -> float:
         """``seconds`` in units of the run's median step (inf before one is timed)."""
         unit = self.ticks.unit
         return seconds / unit if unit else math.inf
 
+    def spent(self) -> float:
+        """Step times of all work charged (inf while work waits for a timed step)."""
+        early = self.in_steps(self.early) if self.early else 0.0
+        return self.sharpness() + self.other + self.critical + early
+
+    def sharpness(self) -> float:
+        """Step times of the λ_max slices (the unpriced ones at the price of now)."""
+        return self.charged + self.unpriced * self.per_unit()
+
     def charge(self, seconds: float, units: int = 0, critical: bool = False) -> None:
         """Work of ``seconds``: a λ_max slice of ``units``, or other work."""
+        self.seconds += seconds
+        step = self.ticks.recent() if len(self.ticks.times) >= 3 else None
         if units:
-            if self.units:  # the run's first slice is one-off set-up (LAPACK, autograd)
-                self.unit_costs.append(seconds / units)
+            if self.slices >= SETUP_SLICES and step is not None:
+                self.prices.append(seconds / units / step)
             self.units += units
+            self.slices += 1
+            if self.prices:  # charged once, at the price of now: never moved after
+                self.charged += (units + self.unpriced) * self.per_unit()
+                self.unpriced = 0
+            else:
+                self.unpriced += units
+        elif step is None:
+            self.early += seconds
         elif critical:
-            self.critical += seconds
+            self.critical += seconds / step
         else:
-            self.other += seconds
+            self.other += seconds / step
 
     def lap(self) -> float:
-        """Seconds charged since the last lap (what a lent clock advanced by)."""
-        now = self.seconds
-        out, self._lapped = now - self._lapped, now
+        """Seconds of work since the last lap (left out of the step they fell in)."""
+        out, self._lapped = self.seconds - self._lapped, self.seconds
         return out
-
-    def per_unit(self) -> float:
-        """Step times one unit costs (inf before a step is timed, 0 before a unit)."""
-        return self.in_steps(self.unit_cost()) if self.unit_costs else 0.0
 
 
 class PlanView:
@@ -195,3 +226,73 @@ class Stir:
             self.mean[i] += STIR_RATE * deviation
             self.var[i] = (1 - STIR_RATE) * (self.var[i] + STIR_RATE * deviation * deviation)
         return stirred
+
+
+class Rises:
+    """Which planned LR rises the last λ_max estimate vouches for, and when another is
+    wanted before one (``CurvatureSchedule``'s ``rise`` reason). Two estimates cover a
+    sharp rise:
+
+    - **ahead**: when the planned LR within ``lead`` steps (the horizon, the estimate's
+      slices and some slack) exceeds ``RISE`` × the highest LR the last estimate was
+      started for, so that a crossing the sharpness already shows is forecast a
+      horizon ahead. Once the last estimate is older than the horizon, any rise at all
+      wants one (the last stretch of a warmup gets one within the horizon of its peak).
+    - **refresh**: sharpness grows while the LR holds (progressive sharpening: ×100 over
+      200 steps of heavy-ball SGD on a small CNN, bench/RESULTS.md), so the estimate a
+      horizon ahead of a ×30 jump can read far below what the network will carry into
+      it. When a rise of more than ``RISE`` × the LR in force is within ``lead`` − half
+      a horizon, and the last estimate is over half a horizon old, one more is taken:
+      the warning then comes at least half a horizon ahead whatever the sharpening in
+      between. Once per rise: the refresh does not ask for another.
+    """
+
+    def __init__(self, view: PlanView | None, horizon: int) -> None:
+        self.view = view
+        self.horizon = horizon
+        self.vouched = 0.0  # the highest planned LR the last estimate was started for
+        self.refresh_wanted = False  # the last estimate was started ahead of a sharp rise
+        self.refreshing = False  # the estimate under way is a refresh
+
+    def peak(self, first: int, last: int) -> float | None:
+        return self.view.peak(first, last) if self.view is not None else None
+
+    def started(self, step: int, lr: float | None, lead: int) -> None:
+        """An estimate starts at ``step`` (LR in force ``lr``), for the ``lead`` steps on.
+        It wants a refresh when a sharp rise is in view beyond half a horizon from here."""
+        now = lr or 0.0
+        peak = max(self.peak(step, step + lead) or 0.0, now)
+        near = self.peak(step, step + lead - self.horizon // 2) or 0.0
+        self.vouched = peak
+        sharp_beyond = peak > RISE * now and not near > RISE * now
+        self.refresh_wanted = sharp_beyond and not self.refreshing
+        self.refreshing = False
+
+    def due(self, step: int, lr: float | None, lead: int, age: int, affordable: int) -> bool:
+        """Whether a rise wants an estimate at ``step`` (sets ``refreshing`` if a refresh);
+        ``age``: steps since the last estimate finished; ``affordable``: estimates the
+        allowance still covers. Where it covers one, a sharp rise gets the late one only,
+        within half a horizon of it: the one that sees the sharpness the rise will meet."""
+        now = lr or 0.0
+        far = self.peak(step, step + lead)
+        if far is None:
+            return False
+        half = self.horizon // 2
+        near = self.peak(step, step + lead - half) or 0.0
+        above = 1.01 if age >= self.horizon else RISE
+        sharp = far > RISE * now
+        if far > above * self.vouched and (affordable >= 2 or not sharp):
+            return True
+        if near > above * self.vouched:
+            return True
+        if self.refresh_wanted and age >= half and near > RISE * now:
+            self.refreshing = True
+            return True
+        return False
+
+    def pending(self, step: int) -> int:
+        """Estimates still wanted by the rises in view: to hold back from the cadence."""
+        ahead = self.peak(step, 1 << 62) or 0.0
+        if ahead > RISE * self.vouched:
+            return 2
+        return 1 if self.refresh_wanted else 0
