@@ -54,9 +54,14 @@ def commit(intake: Intake, *frames: bytes) -> list[tuple[int, int, int]]:
     """Send the frames, commit them together; (frame id, stored, duplicates) per Ack."""
     for data in frames:
         assert intake.receive(b"peer", [data]) == []
-    acks = [message for _, message in intake.commit()]
-    assert all(isinstance(a, Ack) for a in acks), acks
-    return [(a.frame_id, a.stored, a.duplicates) for a in acks if isinstance(a, Ack)]
+    return acks(intake)
+
+
+def acks(intake: Intake) -> list[tuple[int, int, int]]:
+    """Commit what is pending; (frame id, stored, duplicates) per Ack."""
+    replies = [message for _, message in intake.commit()]
+    assert all(isinstance(a, Ack) for a in replies), replies
+    return [(a.frame_id, a.stored, a.duplicates) for a in replies if isinstance(a, Ack)]
 
 
 def test_resent_steps_are_counted_exactly_and_stored_once(intake: Intake) -> None:
@@ -103,3 +108,20 @@ def test_nonfinite_losses_are_stored_as_data(intake: Intake) -> None:
     else:
         assert math.isnan(losses[0])
     assert losses[1:] == [math.inf, -math.inf]
+
+
+def test_one_commit_holds_the_steps_of_several_jobs_one_of_them_new(intake: Intake) -> None:
+    """On PostgreSQL one COPY takes every frame's steps: jobs stay apart, and a job whose
+    start is in the commit's second frame is known by the time its rows are checked."""
+    other = JobStart(job="k", run=1, seq=0, wall_time=1.0, optimizer=START.optimizer)
+    k_steps = [Step(job="k", run=1, seq=i + 1, step=i, wall_time=2.0, lr=0.1) for i in range(50)]
+    assert commit(
+        intake,
+        frame(1, [START, *steps(0, 100)]),
+        encode(Batch(job="k", run=1, frame_id=2, records=[other, *k_steps])),
+        frame(3, steps(100, 200)),
+    ) == [(1, 100, 0), (2, 50, 0), (3, 100, 0)]
+    for job, n in (("j", 200), ("k", 50)):
+        state = intake.jobs.get(job)
+        assert state is not None and state.records == n
+        assert len(intake.store.steps(state.pk)) == n
