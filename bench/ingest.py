@@ -1,14 +1,20 @@
 """End-to-end ingest: records/s from N clients to committed rows, next to the raw insert
 rate of the same rows through SQLAlchemy, measured in the same run.
 
-- raw (daemon path): ``Store.write`` of ready tuples, the daemon's own write path
-  (driver-level executemany / unnest), no sockets, no decoding;
+- raw (daemon path): ``Store.write`` of ready tuples, one frame of 4096 rows per
+  transaction, the daemon's own write path (SQLite: driver-level executemany;
+  PostgreSQL: COPY, server/pgcopy.py, or with ``pg_copy`` off INSERT ... unnest), no
+  sockets, no decoding;
 - raw (Core dicts): ``conn.execute(insert(steps), list_of_dicts)``, the textbook
   SQLAlchemy bulk insert, for reference;
+- raw COPY (PostgreSQL): psycopg's binary ``COPY steps FROM STDIN`` of the same rows, no
+  savepoint, no duplicate handling, in transactions of 20,480 rows (the daemon's commit at
+  full load: ``commit_rows`` is 20,000, frames are 4096): the engine's ceiling;
 - end to end: N DEALER sockets send pre-encoded frames of 4096 step records (the
   client's own frame size) to ``edgewatch serve`` in its own process, at most 8
   unacknowledged frames each; the clock stops at the last Ack, which comes after the
-  commit. The database is then counted.
+  commit. The database is then counted. On PostgreSQL it runs twice, with COPY and with
+  INSERT ... unnest (``EDGEWATCH_PG_COPY=false``), one after the other.
 
 Usage: python bench/ingest.py [--clients 4] [--records 400000]
 """
@@ -16,8 +22,11 @@ Usage: python bench/ingest.py [--clients 4] [--records 400000]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -26,9 +35,10 @@ import zmq
 from common import DAEMON_PIDS, daemon_process, header, peak_rss_mb, postgres_database
 
 from edgewatch.schemas import Ack, Batch, JobStart, OptimizerInfo, Step, decode_reply, encode
+from edgewatch.server.pgcopy import CopyInsert
 from edgewatch.server.rows import step_row
 from edgewatch.server.store import FrameWrite, JobProgress, Store
-from edgewatch.server.tables import StepRow
+from edgewatch.server.tables import INSERT_COLUMNS, StepRow
 
 FRAME = 4096
 WINDOW = 8
@@ -55,21 +65,28 @@ def make_steps(job: str, run: int, n: int, first_seq: int = 1) -> list[Step]:
     ]
 
 
-def raw_rates(url: str, n: int) -> tuple[float, float]:
-    store = Store(url)
+def _raw_job(store: Store, n: int) -> tuple[int, list[tuple[object, ...]]]:
     start = JobStart(
         job="raw", run=1, seq=0, wall_time=time.time(), optimizer=OptimizerInfo(kind="SGD", lr=1e-3)
     )
     pk = store.upsert_job(start)["pk"]
-    rows = [step_row(pk, s) for s in make_steps("raw", 1, n)]
+    return pk, [step_row(pk, s) for s in make_steps("raw", 1, n)]
+
+
+def raw_rates(url: str, n: int, copy: bool = True, core: bool = True) -> tuple[float, float | None]:
+    """Rows/s of the daemon's write path and of Core's executemany of dicts (or None)."""
+    store = Store(url, copy=copy)
+    pk, rows = _raw_job(store, n)
     t0 = time.perf_counter()
     for i in range(0, n, FRAME):
         frame = FrameWrite(job_pk=pk, steps=rows[i : i + FRAME])
         store.write([frame], [JobProgress(pk, time.time(), i, 1.0, 0)])
+        assert frame.stored == len(frame.steps)
     daemon_path = n / (time.perf_counter() - t0)
+    if not core:
+        store.close()
+        return daemon_path, None
     columns = [c.name for c in StepRow.__table__.columns]
-    from edgewatch.server.tables import INSERT_COLUMNS
-
     dicts = [dict(zip(INSERT_COLUMNS["steps"], r, strict=True)) for r in rows]
     for d in dicts:
         d["run"] = 2
@@ -81,6 +98,41 @@ def raw_rates(url: str, n: int) -> tuple[float, float]:
     core = n / (time.perf_counter() - t0)
     store.close()
     return daemon_path, core
+
+
+def raw_copy_rate(url: str, n: int) -> float:
+    """Rows/s of a plain binary COPY into the step table, 5 frames per transaction."""
+    store = Store(url)
+    _pk, rows = _raw_job(store, n)
+    columns = INSERT_COLUMNS["steps"]
+    types = CopyInsert(StepRow.__table__, columns).types  # type: ignore[arg-type]
+    sql = f"COPY steps ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    per_commit = 5 * FRAME
+    t0 = time.perf_counter()
+    for i in range(0, n, per_commit):
+        with store.engine.begin() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            with cursor.copy(sql) as copy:
+                copy.set_types(types)
+                for row in rows[i : i + per_commit]:
+                    copy.write_row(row)
+    rate = n / (time.perf_counter() - t0)
+    store.close()
+    return rate
+
+
+@contextlib.contextmanager
+def pg_copy(on: bool) -> Iterator[None]:
+    """The daemons started inside write PostgreSQL step rows with COPY or with unnest."""
+    before = os.environ.get("EDGEWATCH_PG_COPY")
+    os.environ["EDGEWATCH_PG_COPY"] = "true" if on else "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["EDGEWATCH_PG_COPY"]
+        else:
+            os.environ["EDGEWATCH_PG_COPY"] = before
 
 
 def end_to_end(
@@ -155,14 +207,15 @@ def end_to_end(
 
 
 def _fresh(url: str, tmp: Path) -> str:
-    """An empty database for another end-to-end run."""
+    """An empty database for another measurement: a new SQLite file, or the PostgreSQL
+    database emptied."""
     if url.startswith("sqlite"):
-        return f"sqlite:///{tmp / 'paced.db'}"
+        return f"sqlite:///{tmp / f'{len(list(tmp.iterdir()))}.db'}"
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as conn:
         # alembic_version too: a database without it is empty to the upgrade at start.
         tables = "alerts, steps, sharpness, events, jobs, alembic_version"
-        conn.execute(sqlalchemy.text(f"DROP TABLE {tables}"))
+        conn.execute(sqlalchemy.text(f"DROP TABLE IF EXISTS {tables}"))
     engine.dispose()
     return url
 
@@ -215,42 +268,58 @@ def main() -> None:
     )
     print(
         "| database | raw insert, daemon path (rows/s) | raw insert, Core dicts (rows/s) | "
-        f"end to end, {args.clients} clients (records/s) | e2e / raw | rows stored | "
-        "frame send to Ack, median / p99 (ms) | daemon peak RSS (MB) |"
+        "raw COPY (rows/s) | "
+        f"end to end, {args.clients} clients (records/s) | e2e / raw daemon path | "
+        "e2e / raw COPY | rows stored | frame send to Ack, median / p99 (ms) | "
+        "daemon peak RSS (MB) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    total = args.clients * per_client
+    e2e_by_copy: dict[bool, float] = {}
     with tempfile.TemporaryDirectory() as tmp, postgres_database() as pg:
-        targets = [
-            (
-                "SQLite (WAL)",
-                f"sqlite:///{Path(tmp) / 'raw.db'}",
-                f"sqlite:///{Path(tmp) / 'e2e.db'}",
-            )
-        ]
+        # (name, database, PostgreSQL's pg_copy or None for SQLite)
+        targets: list[tuple[str, str, bool | None]] = [("SQLite (WAL)", "sqlite://", None)]
+        raw_copy = None
         if pg is not None:
-            targets.append(("PostgreSQL", pg, pg))
-        for name, raw_url, e2e_url in targets:
-            raw, core = raw_rates(raw_url, args.records)
-            if raw_url == e2e_url:  # one PostgreSQL database: start the e2e run empty
-                _fresh(e2e_url, Path(tmp))
-            e2e, stored = end_to_end(e2e_url, args.clients, per_client)
+            raw_copy = raw_copy_rate(_fresh(pg, Path(tmp)), args.records)
+            targets.append(("PostgreSQL, INSERT ... unnest (pg_copy=false)", pg, False))
+            targets.append(("PostgreSQL, COPY", pg, True))
+        for name, url, copy in targets:
+            # Each measurement starts from an empty database.
+            raw, core = raw_rates(_fresh(url, Path(tmp)), args.records, copy is not False,
+                                  core=copy is not True)  # fmt: skip
+            e2e_url = _fresh(url, Path(tmp))
+            with pg_copy(copy is not False):
+                e2e, stored = end_to_end(e2e_url, args.clients, per_client)
+            if copy is not None:
+                e2e_by_copy[copy] = e2e
+            pg_only = copy is not None and raw_copy is not None
             print(
-                f"| {name} | {raw:,.0f} | {core:,.0f} | {e2e:,.0f} | {e2e / raw:.0%} | "
-                f"{stored:,} of {args.clients * per_client:,} | "
+                f"| {name} | {raw:,.0f} | {f'{core:,.0f}' if core else ''} | "
+                f"{f'{raw_copy:,.0f}' if pg_only else ''} | {e2e:,.0f} | {e2e / raw:.0%} | "
+                f"{f'{e2e / raw_copy:.0%}' if pg_only and raw_copy else ''} | "
+                f"{stored:,} of {total:,} | "
                 f"{1000 * LAST_LAGS[0]:.0f} / {1000 * LAST_LAGS[1]:.0f} | {LAST_RSS[0]:.0f} |",
                 flush=True,
             )
-            if args.paced:
-                paced_url = _fresh(e2e_url, Path(tmp))
+            if args.paced and copy is not False:
+                paced_url = _fresh(url, Path(tmp))
                 rate = args.paced * e2e
                 got, stored = end_to_end(paced_url, args.clients, per_client, rate=rate)
                 print(
-                    f"| {name}, paced at {rate:,.0f} records/s | | | {got:,.0f} | | "
-                    f"{stored:,} of {args.clients * per_client:,} | "
+                    f"| {name}, paced at {rate:,.0f} records/s | | | | {got:,.0f} | | | "
+                    f"{stored:,} of {total:,} | "
                     f"{1000 * LAST_LAGS[0]:.0f} / {1000 * LAST_LAGS[1]:.0f} | "
                     f"{LAST_RSS[0]:.0f} |",
                     flush=True,
                 )
+    if raw_copy is not None and len(e2e_by_copy) == 2:
+        copy_e2e, unnest_e2e = e2e_by_copy[True], e2e_by_copy[False]
+        print(
+            f"\nPostgreSQL end to end in this run: COPY {copy_e2e:,.0f} records/s, "
+            f"{copy_e2e / unnest_e2e:.2f}x INSERT ... unnest's {unnest_e2e:,.0f}, "
+            f"{copy_e2e / raw_copy:.0%} of raw COPY's {raw_copy:,.0f} rows/s."
+        )
     forecast, unstable, raw_us = forecast_cost(args.records)
     print(
         f"\nThe forecast's share: {forecast:.2f} µs per step record (fed in frames of {FRAME}, "

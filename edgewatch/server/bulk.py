@@ -11,6 +11,8 @@ driver-level executemany of the same insert ~350k rows/s.
 - PostgreSQL: psycopg's ``executemany`` reports ``rowcount`` -1, which would hide how
   many records were duplicates; one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT
   DO NOTHING`` per call reports it exactly and runs faster than executemany.
+  Step rows, nearly every record, go through COPY instead (``pgcopy.py``) unless the
+  ``pg_copy`` setting is off.
 """
 
 from __future__ import annotations

@@ -55,6 +55,11 @@ class Settings:
     """Seconds received records may wait before they are committed and acknowledged."""
     commit_rows: int = 20_000
     """Commit as soon as this many records are waiting, whatever the interval."""
+    pg_copy: bool = True
+    """On PostgreSQL, write step records with COPY (resent ones through a temporary
+    table: the database user needs the TEMPORARY privilege, which PostgreSQL grants by
+    default); false writes them with ``INSERT ... SELECT FROM unnest(...)``, slower, for
+    a proxy that does not pass COPY through and for bench/ingest.py's comparison."""
     max_frame_bytes: int = 8 * 1024 * 1024
     """Frames larger than this are rejected (``oversized``)."""
     job_expiry: float = 3600.0

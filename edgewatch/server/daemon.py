@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = Store(settings.db)
+        self.store = Store(settings.db, copy=settings.pg_copy)
         self.jobs = JobTable()
         self.jobs.load(self.store.jobs())
         self.counters = DaemonCounters()

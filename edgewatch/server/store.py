@@ -13,7 +13,7 @@ import dataclasses
 import heapq
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from sqlalchemy import Engine, create_engine, event, func, select, update
@@ -34,6 +34,9 @@ from edgewatch.server.tables import (
     StepRow,
 )
 from edgewatch.server.upgrade import upgrade
+
+if TYPE_CHECKING:
+    from edgewatch.server.pgcopy import CopyInsert
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +100,9 @@ def make_engine(url: str) -> Engine:
 class Store:
     """Every read and write of the daemon's database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, copy: bool = True) -> None:
+        """``copy``: on PostgreSQL, write step rows with COPY (``pgcopy.py``); False
+        keeps them on the ``INSERT ... unnest`` path of the other tables."""
         self.url = url
         self.engine = make_engine(url)
         try:
@@ -109,6 +114,11 @@ class Store:
             name: BulkInsert(Base.metadata.tables[name], columns, self.engine.dialect)
             for name, columns in INSERT_COLUMNS.items()
         }
+        self._copy_steps: CopyInsert | None = None
+        if copy and self.engine.dialect.name == "postgresql":
+            from edgewatch.server.pgcopy import CopyInsert  # psycopg: PostgreSQL only
+
+            self._copy_steps = CopyInsert(Base.metadata.tables["steps"], INSERT_COLUMNS["steps"])
 
     def close(self) -> None:
         self.engine.dispose()
@@ -155,9 +165,14 @@ class Store:
         """
         with self.engine.begin() as conn:
             stored_by_job: dict[int, int] = {}
-            for frame in frames:
-                frame.stored = 0
-                for name in RECORD_TABLES:
+            tables: tuple[str, ...] = RECORD_TABLES
+            copied = [0] * len(frames)
+            if self._copy_steps is not None:  # every frame's steps in one COPY
+                copied = self._copy_steps(conn, [frame.steps for frame in frames])
+                tables = tuple(name for name in RECORD_TABLES if name != "steps")
+            for frame, stored in zip(frames, copied, strict=True):
+                frame.stored = stored
+                for name in tables:
                     frame.stored += self._insert[name](conn, getattr(frame, name))
                 self._insert["alerts"](conn, frame.alerts)
                 stored_by_job[frame.job_pk] = stored_by_job.get(frame.job_pk, 0) + frame.stored
