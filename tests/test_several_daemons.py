@@ -31,22 +31,13 @@ STEPS = 10_000
 LEASE = ("--lease-seconds", "2", "--checkpoint-seconds", "1")
 
 CLIENT = """
-import sys, time, torch, edgewatch
-job, endpoints, steps = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
-param = torch.zeros(4, requires_grad=True)
-optimizer = torch.optim.SGD([param], lr=0.01)
-mon = edgewatch.attach(optimizer, job=job, endpoint=endpoints, total_steps=steps,
-                       close_timeout=60.0)
-mon.sender.resend_after = 3.0  # fail over within the test, not after the default 5 s
-for i in range(steps):
-    param.grad = torch.full((4,), 0.5 + (i % 7))
-    optimizer.step()
-    # A loss spike every 1,500 steps: an alert in, an alert out, on either daemon.
-    spike = i % 1500 >= 1490
-    mon.step(torch.tensor(5.0 if spike else 1.0 + 0.01 * (i % 5)))
-    if i % 50 == 0:
-        time.sleep(0.02)  # a run of seconds, so that a daemon dies in the middle of it
-mon.close()
+import sys
+sys.path.insert(0, {tests!r})
+from toy import run_spiky
+# resend_after: fail over within the test, not after the default 5 s. The pauses make a
+# run of seconds, so that a daemon dies in the middle of it.
+mon = run_spiky(sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), pause=0.05,
+                resend_after=3.0)
 stats = mon.stats
 print(stats, flush=True)
 sys.exit(0 if stats["unacknowledged"] == stats["dropped"] == stats["rejected"] == 0 else 3)
@@ -102,7 +93,7 @@ def test_two_daemons_one_killed_the_survivor_takes_every_job_over(
             [
                 sys.executable,
                 "-c",
-                CLIENT,
+                CLIENT.format(tests=str(Path(__file__).parent)),
                 job,
                 ",".join(endpoints[:: 1 if i % 2 else -1]),
                 steps_arg,
@@ -118,10 +109,11 @@ def test_two_daemons_one_killed_the_survivor_takes_every_job_over(
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             stored = _stored(engine)
-            if len(stored) == CLIENTS and min(n for n, _ in stored.values()) >= STEPS // 4:
+            if len(stored) == CLIENTS and min(n for n, _ in stored.values()) >= STEPS // 5:
                 break
             time.sleep(0.2)
-        assert all(c.poll() is None for c in clients), "the runs ended before the kill"
+        ended = [c.communicate()[0].decode() for c in clients if c.poll() is not None]
+        assert not ended, f"runs ended before the kill: {ended}"
         killed.send_signal(signal.SIGKILL)
         killed.wait(10)
         # While the runs go on, the survivor takes the dead daemon's jobs over: each
@@ -137,13 +129,16 @@ def test_two_daemons_one_killed_the_survivor_takes_every_job_over(
         final = _metrics(survivor)
     finally:
         for c in clients:
-            c.kill() if c.poll() is None else None
+            if c.poll() is None:
+                c.kill()
+                c.communicate()
         for d in daemons:
             if d.poll() is None:
                 d.send_signal(signal.SIGTERM)
                 d.wait(15)
         for log in logs:
             log.close()
+        engine.dispose()
     log_text = (tmp_path / "daemon-0.log").read_text()
     for i, c in enumerate(clients):
         assert c.returncode == 0, f"client {i}: {outputs[i]}"
@@ -151,8 +146,11 @@ def test_two_daemons_one_killed_the_survivor_takes_every_job_over(
     assert _series(final, "edgewatch_step") == Counter(jobs)
     assert all(_sample(final, "edgewatch_step", job_id=j) == STEPS - 1 for j in jobs)
     # Every step stored once.
-    assert _stored(engine) == {job: (STEPS, STEPS) for job in jobs}
-    engine.dispose()
+    engine = sqlalchemy.create_engine(postgres_url)
+    try:
+        assert _stored(engine) == {job: (STEPS, STEPS) for job in jobs}
+    finally:
+        engine.dispose()
     # The alerts: each stored once, and exactly those a replay of the stored records
     # raises (the survivor's analysis went on where the dead daemon's checkpoint left it);
     # the survivor's counters are the replay's.

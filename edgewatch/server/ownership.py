@@ -172,6 +172,11 @@ class Ownership:
         state = self.jobs.get_pk(pk)
         if state is None:
             return
+        row = self.store.job(state.job_id)
+        if row is not None and (row["run"], row["status"]) != (state.run, state.status):
+            # The job moved on at another daemon (a new run, its end) since this one
+            # last saw it: the database says which run to analyse.
+            state = JobState.from_row(row, time.time())
         self.generations[pk] = generation
         state.owned = True
         # A finished job too: its last records may have reached a daemon that did not hold
