@@ -88,8 +88,9 @@ class Ownership:
         self.settle()
 
     def begin_run(self, state: JobState) -> JobState:
-        """A JobStart began a run (or this daemon first heard of the job): claim it, and
-        start its analysis if held."""
+        """A JobStart began a new run of the job (or the job): claim it, and start its
+        analysis if held. (A JobStart sent again for the run in progress claims nothing:
+        the commits of its records do.)"""
         with self.store.engine.begin() as conn:
             held = self.leases.claim(conn, [state.pk])
         self.analyses.pop(state.pk, None)
