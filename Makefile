@@ -8,7 +8,7 @@ DEV    := $(VENV)/.installed-dev
 # present in the venv is kept.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench bench-ingest bench-client bench-curvature bench-predict bench-preflight bench-alerts bench-fuzz bench-load bench-outage bench-web clean
+.PHONY: demo test lint bench bench-ingest bench-restart bench-client bench-curvature bench-predict bench-preflight bench-alerts bench-fuzz bench-load bench-outage bench-web clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
@@ -35,7 +35,7 @@ lint: $(DEV)
 test: lint
 	$(VENV)/bin/pytest
 
-bench: bench-ingest bench-client bench-curvature bench-predict bench-preflight bench-alerts bench-fuzz bench-load bench-outage bench-web
+bench: bench-ingest bench-client bench-curvature bench-predict bench-preflight bench-alerts bench-fuzz bench-load bench-outage bench-web bench-restart
 
 bench-ingest: $(DEV)
 	$(PY) bench/ingest.py
@@ -75,6 +75,11 @@ bench-fuzz: $(DEV)
 # for the lag of a steady load.
 bench-load: $(DEV)
 	$(PY) bench/ingest.py --clients 32 --records 1600000 --paced 0.5
+
+# Restart time after SIGKILL against a running job's stored length (10^5 to 2*10^6 steps),
+# from the analysis' checkpoint and by a full replay, beside a fresh start (SQLite).
+bench-restart: $(DEV)
+	cd bench && ../$(PY) restart.py
 
 # Step time through a long daemon outage (disk spool) against a live daemon, side by side.
 bench-outage: $(DEV)

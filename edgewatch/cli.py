@@ -236,6 +236,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "log_level",
             "commit_interval",
             "job_expiry",
+            "lease_seconds",
+            "checkpoint_seconds",
             "max_frame_bytes",
             "curve_secret_key",
             "curve_clients",
@@ -274,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--commit-interval", type=float, help="seconds between commits (0.1)")
     serve.add_argument(
         "--job-expiry", type=float, help="seconds before a silent job leaves /metrics"
+    )
+    serve.add_argument(
+        "--lease-seconds",
+        type=float,
+        help="seconds a daemon holds a job's analysis without its records (then others may)",
+    )
+    serve.add_argument(
+        "--checkpoint-seconds", type=float, help="seconds between checkpoints of an analysis"
     )
     serve.add_argument("--max-frame-bytes", type=int, help="largest frame accepted")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")

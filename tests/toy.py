@@ -91,3 +91,43 @@ def warmup_past_the_edge(
     if close:
         mon.close("failed" if not math.isfinite(loss.item()) else "finished")
     return spike, step, mon
+
+
+def run_spiky(
+    job: str,
+    endpoint: str | list[str],
+    steps: int,
+    *,
+    pause: float = 0.0,
+    close: bool = True,
+    resend_after: float | None = None,
+) -> edgewatch.Monitor:
+    """SGD steps whose loss spikes (5x for 10 steps) every 1,500 steps: each spike is an
+    alert in and, once the loss is calm again, an alert out. ``pause`` seconds every 50
+    steps make a run last; ``close=False`` waits until everything is acknowledged and
+    leaves the job running (no JobEnd), as a training process killed would, once the
+    daemon has acknowledged every step."""
+    param = torch.zeros(4, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=0.01)
+    mon = edgewatch.attach(
+        optimizer, job=job, endpoint=endpoint, total_steps=steps, close_timeout=60.0
+    )
+    if resend_after is not None and mon.sender is not None:
+        mon.sender.resend_after = resend_after
+    for i in range(steps):
+        param.grad = torch.full((4,), 0.5 + (i % 7))
+        optimizer.step()
+        spike = i % 1500 >= 1490
+        mon.step(torch.tensor(5.0 if spike else 1.0 + 0.01 * (i % 5)))
+        if pause and i % 50 == 0:
+            time.sleep(pause)
+    if close:
+        mon.close()
+        return mon
+    mon.event("checkpoint_saved", "the steps before it are sent with it")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        mon.stats["unacknowledged"] or int(mon.stats["acknowledged"]) < steps + 2
+    ):
+        time.sleep(0.05)  # the JobStart, the steps, the event
+    return mon

@@ -179,11 +179,14 @@ def rebuild(
     optimizer: Mapping[str, Any],
     settings: PredictorSettings = DEFAULT_SETTINGS,
     total_steps: int | None = None,
+    resume: RunAnalysis | None = None,
 ) -> RunAnalysis:
-    """A run's analysis from its stored records (daemon start); stores any alert missing."""
-    analysis = RunAnalysis(job_pk, run, optimizer, settings, total_steps)
+    """A run's analysis from its stored records (a start, a takeover): from ``resume`` (a
+    checkpoint, ``checkpoint.py``) on with the records after it, else from the first
+    record. Stores any alert missing."""
+    analysis = resume or RunAnalysis(job_pk, run, optimizer, settings, total_steps)
     analysis.live = False
-    raised = analysis.feed_rows(store.run_records(job_pk, run))
+    raised = analysis.feed_rows(store.run_records(job_pk, run, after=analysis.last_seq))
     analysis.live = True
     store.add_alerts(raised)
     return analysis

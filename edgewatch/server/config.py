@@ -64,6 +64,12 @@ class Settings:
     """Frames larger than this are rejected (``oversized``)."""
     job_expiry: float = 3600.0
     """Seconds after its last record that a job's series leave ``/metrics``."""
+    lease_seconds: float = 10.0
+    """Seconds a daemon's hold on a job's analysis lasts without a commit of the job's
+    records; after that another daemon sharing the database may take the job over."""
+    checkpoint_seconds: float = 10.0
+    """Seconds between checkpoints of a job's analysis (written with the commit of its
+    records): a restart or a takeover replays at most about this much of a job."""
     log_level: str = "INFO"
     curve_secret_key: str = ""
     """The daemon's CURVE certificate (``edgewatch keygen server`` writes
@@ -111,7 +117,7 @@ class Settings:
                 "curve_clients (see `edgewatch keygen`), or allow_plaintext=true on a "
                 "network you trust."
             )
-        for name in ("commit_interval", "job_expiry"):
+        for name in ("commit_interval", "job_expiry", "lease_seconds", "checkpoint_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
         for name in ("commit_rows", "max_frame_bytes"):

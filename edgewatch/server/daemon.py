@@ -17,13 +17,12 @@ from typing import Any
 import zmq
 
 from edgewatch.errors import ConfigError
-from edgewatch.server.analysis import rebuild
 from edgewatch.server.config import Settings, is_loopback
 from edgewatch.server.counters import DaemonCounters
 from edgewatch.server.http import ApiContext, make_http_server, serve_in_thread
 from edgewatch.server.ingest import Ingest
 from edgewatch.server.metrics import make_registry
-from edgewatch.server.state import JobTable, Reading
+from edgewatch.server.state import JobTable
 from edgewatch.server.store import Store
 
 log = logging.getLogger(__name__)
@@ -57,32 +56,11 @@ class Daemon:
         )
 
     def _rebuild_analyses(self) -> None:
-        """Replay the stored records of every running job, so that its forecast goes on
-        where it stopped (DESIGN.md: the analysis state is rebuilt from the database); a
-        finished job shows the state of its last alert."""
-        last = self.store.last_alerts()
-        for state in self.jobs.snapshot():
-            if state.status != "running":
-                step, sharpness = self.store.last_readings(state.pk, state.run)
-                planned = self.store.had_plan(state.pk, state.run)
-                state.restore(step, sharpness, last.get(state.pk), planned)
-                self.jobs.put(state)
-                continue
-            analysis = rebuild(
-                self.store,
-                state.pk,
-                state.run,
-                state.optimizer,
-                self.settings.predictor(),
-                state.total_steps,
-            )
-            self.ingest.analyses[state.pk] = analysis
-            forecast = analysis.forecast
-            # The jobs row keeps the last step and loss; the forecast knows the LR.
-            lr = forecast.lr
-            newest = None if lr is None else Reading(state.last_step, lr, state.loss, None)
-            state.apply(newest, analysis.last_sharpness, forecast, analysis.changed_at)
-            self.jobs.put(state)
+        """Take the jobs no other live daemon holds and rebuild the analysis of each
+        running one from its checkpoint and the records after it, so that its forecast
+        goes on where it stopped (DESIGN.md, "Scaling out"); every other job shows the
+        state of its last alert."""
+        self.ingest.intake.ownership.start()
 
     @property
     def endpoint(self) -> str:

@@ -25,6 +25,7 @@ from edgewatch.server.analysis import RunAnalysis
 from edgewatch.server.config import Settings
 from edgewatch.server.counters import DaemonCounters
 from edgewatch.server.intake import Intake, Reply
+from edgewatch.server.leases import daemon_name
 from edgewatch.server.security import CurveServer
 from edgewatch.server.state import JobTable
 from edgewatch.server.store import Store
@@ -44,7 +45,6 @@ class Ingest:
         context: zmq.Context[Any] | None = None,
     ) -> None:
         self.settings = settings
-        self.intake = Intake(settings, store, jobs, counters)
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 1000)
@@ -68,6 +68,8 @@ class Ingest:
                 "running there? Choose another --bind."
             ) from exc
         self.endpoint: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        # Named after the endpoint bound, which no other live process holds (leases.py).
+        self.intake = Intake(settings, store, jobs, counters, daemon_name(self.endpoint))
         self.ready = threading.Event()
 
     @property
@@ -106,6 +108,7 @@ class Ingest:
         deadline = self.intake.deadline
         if deadline is not None and time.monotonic() >= deadline:
             self.commit()
+        self.intake.tick()
 
     def _drain(self, max_frames: int) -> int:
         received = 0
@@ -133,6 +136,7 @@ class Ingest:
             while time.monotonic() < deadline and self._drain(max_frames=1000):
                 pass
             self.commit()
+            self.intake.ownership.close()
         finally:
             self.socket.close(linger=1000)
             if self.curve is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections import Counter
 from typing import TypeAlias
@@ -40,6 +41,8 @@ from edgewatch.server import rows, writer
 from edgewatch.server.analysis import RunAnalysis
 from edgewatch.server.config import Settings
 from edgewatch.server.counters import DaemonCounters, RateLimitedLog
+from edgewatch.server.leases import daemon_name
+from edgewatch.server.ownership import Ownership
 from edgewatch.server.starts import start_run
 from edgewatch.server.state import JobState, JobTable
 from edgewatch.server.store import FrameWrite, JobProgress, Store
@@ -76,19 +79,37 @@ class Intake:
     """Accepts frames, starts jobs, commits and builds the replies; owns no socket."""
 
     def __init__(
-        self, settings: Settings, store: Store, jobs: JobTable, counters: DaemonCounters
+        self,
+        settings: Settings,
+        store: Store,
+        jobs: JobTable,
+        counters: DaemonCounters,
+        owner: str | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.jobs = jobs
         self.counters = counters
-        self.analyses: dict[int, RunAnalysis] = {}  # by job pk: the current run's forecast
+        self.ownership = Ownership(
+            settings, store, jobs, owner or daemon_name(f"intake pid {os.getpid()} {id(self)}")
+        )
+        """The jobs this daemon analyses (``owner``: its name in the leases table)."""
         self.deadline: float | None = None
         """When the pending frames are due to be committed (``time.monotonic()``)."""
         self.pending_rows = 0
         self._pending: list[_PendingFrame] = []
         self._updates: dict[int, _JobUpdate] = {}
         self._log = RateLimitedLog()
+
+    @property
+    def analyses(self) -> dict[int, RunAnalysis]:
+        """The current run's forecast of each job this daemon holds, by job pk."""
+        return self.ownership.analyses
+
+    def tick(self) -> None:
+        """Between commits, with nothing pending: follow the leases (``ownership.py``)."""
+        if not self._pending:
+            self.ownership.tick()
 
     def drop_pending(self) -> None:
         """Forget what is not committed (after a bug): the clients resend it."""
@@ -163,7 +184,7 @@ class Intake:
                 analyse_block()  # the steps before this record, first
                 reason = rows.check_record(record, job, run)
                 if reason is None and isinstance(record, JobStart):
-                    state = start_run(record, self.store, self.jobs, self.analyses, self.settings)
+                    state = start_run(record, self.store, self.jobs, self.ownership)
                     pk = write.job_pk = state.pk
                     analysis = self.analyses.get(pk)
                     continue
@@ -238,7 +259,9 @@ class Intake:
             )
             for pk, u in updates.items()
         ]
-        batch = writer.commit(self.store, CommitBatch([p.write for p in pending], progress))
+        batch = writer.commit(
+            self.store, CommitBatch([p.write for p in pending], progress), self.ownership.claim
+        )
         if batch.database_down:
             return []  # nothing acknowledged: the clients resend
         by_write = {id(p.write): p for p in pending}
@@ -259,6 +282,7 @@ class Intake:
         oldest = min(p.oldest_wall_time for p in committed)
         self.counters.ingest_lag_seconds = max(0.0, now - oldest)
         states = self._apply(updates, committed, now)
+        self.ownership.settle()  # analyses taken over or stale: rebuilt, nothing pending
         for p in committed:
             ack = Ack(
                 frame_id=p.frame_id,

@@ -32,8 +32,10 @@ class EdgewatchCollector(Collector):
         self.job_expiry = job_expiry
 
     def live_jobs(self) -> list[JobState]:
+        # Only the jobs whose lease this daemon holds: where several daemons share a
+        # database, each job's series come from one of them (no double counting).
         cutoff = time.time() - self.job_expiry
-        return [s for s in self.jobs.snapshot() if s.received_at >= cutoff]
+        return [s for s in self.jobs.snapshot() if s.owned and s.received_at >= cutoff]
 
     def collect(self) -> Iterator[Metric]:
         jobs = self.live_jobs()

@@ -16,23 +16,16 @@ import time
 
 from edgewatch.errors import FrameRejected
 from edgewatch.schemas import JobStart, Reject
-from edgewatch.server.analysis import RunAnalysis
-from edgewatch.server.config import Settings
+from edgewatch.server.ownership import Ownership
 from edgewatch.server.state import JobState, JobTable
 from edgewatch.server.store import Store
 
 log = logging.getLogger("edgewatch.server.ingest")
 
 
-def start_run(
-    start: JobStart,
-    store: Store,
-    jobs: JobTable,
-    analyses: dict[int, RunAnalysis],
-    settings: Settings,
-) -> JobState:
+def start_run(start: JobStart, store: Store, jobs: JobTable, ownership: Ownership) -> JobState:
     """Apply one JobStart; returns the job's state. Raises FrameRejected on a clash."""
-    current = jobs.get(start.job)
+    current = jobs.get(start.job) or _stored(start.job, store, jobs)
     if current is not None and current.run == start.run:
         if not _same_process(current, start):
             raise _conflict(start, f"held by {current.host} pid {current.pid}")
@@ -47,11 +40,20 @@ def start_run(
     row = store.upsert_job(start)
     state = JobState.from_row(row, time.time())
     state.records = row["records"]
-    analyses[state.pk] = RunAnalysis(
-        state.pk, start.run, row["optimizer"], settings.predictor(), start.total_steps
-    )
-    jobs.put(state)
     log.info("job %r started run %d (%s)", start.job, start.run, start.optimizer.kind)
+    return ownership.begin_run(state)
+
+
+def _stored(job: str, store: Store, jobs: JobTable) -> JobState | None:
+    """A job this daemon has not seen, as the database has it: begun at another daemon
+    sharing the database, whose client moved here (its JobStart is sent again first).
+    Its analysis stays with the lease's holder; a commit of its records here takes it
+    over once that lease has expired (``ownership.py``)."""
+    row = store.job(job)
+    if row is None:
+        return None
+    state = JobState.from_row(row, time.time())
+    jobs.put(state)
     return state
 
 

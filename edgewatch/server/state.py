@@ -109,6 +109,9 @@ class JobState:
     alert_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     """State changes into each state so far in this run: a short state between two scrapes
     still shows as an increase (edgewatch_alerts_total)."""
+    owned: bool = False
+    """Whether this daemon holds the job's lease (``leases.py``): only the holder analyses
+    the job and exports its series, so that daemons sharing a database never both do."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: float) -> JobState:
@@ -290,6 +293,12 @@ class JobTable:
     def get(self, job_id: str) -> JobState | None:
         with self._lock:
             return self._jobs.get(job_id)
+
+    def get_pk(self, pk: int) -> JobState | None:
+        """A copy of the job with this primary key, to change and ``put`` back."""
+        with self._lock:
+            found = next((s for s in self._jobs.values() if s.pk == pk), None)
+            return None if found is None else dataclasses.replace(found)
 
     def put(self, state: JobState) -> None:
         with self._lock:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from edgewatch.errors import ConfigError
@@ -68,6 +68,22 @@ class JobProgress:
     last_step: int | None
     last_loss: float | None
     dropped: int
+
+
+class Claim(Protocol):
+    """What claiming a commit's jobs found (``ownership.py``): the jobs whose lease this
+    daemon holds, whose alerts it may write; ``apply()`` once the transaction committed."""
+
+    @property
+    def held(self) -> Collection[int]: ...
+    def apply(self) -> None: ...
+
+
+class Claims(Protocol):
+    """Claims the jobs of a commit inside its transaction, before its rows are written
+    (``checkpoints``: whether analyses may be checkpointed with them)."""
+
+    def __call__(self, conn: Connection, job_pks: set[int], checkpoints: bool = True) -> Claim: ...
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -157,13 +173,23 @@ class Store:
             row = conn.execute(select(JobRow.__table__).where(JobRow.pk == pk)).one()
         return dict(row._mapping)
 
-    def write(self, frames: Sequence[FrameWrite], progress: Iterable[JobProgress]) -> None:
-        """Insert the frames' rows and update the jobs, all in one transaction.
+    def write(
+        self,
+        frames: Sequence[FrameWrite],
+        progress: Iterable[JobProgress],
+        claims: Claims | None = None,
+        checkpoints: bool = True,
+    ) -> None:
+        """Insert the frames' rows and update the jobs, all in one transaction; with
+        ``claims``, the jobs' leases are claimed first, in it, and only the jobs held get
+        their alerts written (the analysis of the others is another daemon's).
 
         Sets ``frame.stored`` to the number of rows that were new (the rest were
         duplicates of rows stored before).
         """
         with self.engine.begin() as conn:
+            pks = {f.job_pk for f in frames}
+            claim = None if claims is None else claims(conn, pks, checkpoints)
             stored_by_job: dict[int, int] = {}
             tables: tuple[str, ...] = RECORD_TABLES
             copied = [0] * len(frames)
@@ -174,7 +200,8 @@ class Store:
                 frame.stored = stored
                 for name in tables:
                     frame.stored += self._insert[name](conn, getattr(frame, name))
-                self._insert["alerts"](conn, frame.alerts)
+                if claim is None or frame.job_pk in claim.held:
+                    self._insert["alerts"](conn, frame.alerts)
                 stored_by_job[frame.job_pk] = stored_by_job.get(frame.job_pk, 0) + frame.stored
                 if frame.end is not None:
                     conn.execute(
@@ -196,6 +223,8 @@ class Store:
                         dropped=p.dropped,
                     )
                 )
+        if claim is not None:
+            claim.apply()
 
     def add_alerts(self, rows: list[tuple[Any, ...]]) -> None:
         """Alerts found again by a rebuilt analysis; those already stored are no-ops."""
@@ -209,6 +238,13 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(JobRow.__table__).order_by(JobRow.pk)).all()
         return [dict(r._mapping) for r in rows]
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        """One job's row, or None."""
+        query = select(JobRow.__table__).where(JobRow.job_id == job_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else dict(row._mapping)
 
     def steps(
         self, job_pk: int, start: int | None = None, end: int | None = None, limit: int = 10_000
@@ -291,9 +327,12 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(query.limit(1)).first() is not None
 
-    def run_records(self, job_pk: int, run: int) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every stored record of one run as (table, row), in the client's sequence order:
-        what the analysis saw live, for ``replay`` and for rebuilding after a restart."""
+    def run_records(
+        self, job_pk: int, run: int, after: int = 0
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every stored record of one run with a sequence number over ``after`` as (table,
+        row), in the client's sequence order: what the analysis saw live, for ``replay``
+        and for rebuilding after a restart (from a checkpoint: ``after`` is its ``seq``)."""
         streams = []
         with self.engine.connect() as conn:
             for name, table in (
@@ -303,7 +342,7 @@ class Store:
             ):
                 query = (
                     select(table)
-                    .where(table.c.job_pk == job_pk, table.c.run == run)
+                    .where(table.c.job_pk == job_pk, table.c.run == run, table.c.seq > after)
                     .order_by(table.c.seq)
                 )
                 rows = conn.execution_options(yield_per=5000).execute(query)

@@ -13,7 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import JSON as _JSON
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JOB_ID_MAX = 200
@@ -123,6 +132,37 @@ class AlertRow(_RecordKey, Base):
     recommended_warmup_steps: Mapped[int] = mapped_column(BigInteger, default=0)
     reason: Mapped[str] = mapped_column(Text, default="")
     resume_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class LeaseRow(Base):
+    """Which daemon analyses a job now (DESIGN.md, "Scaling out"; ``server/leases.py``).
+
+    ``owner`` holds it until ``expires_at`` (the database's clock, seconds since the epoch),
+    renewed by each commit of the job's records; ``generation`` changes whenever another
+    daemon takes the job or stores records of it, so the holder knows its analysis missed
+    something and rebuilds it."""
+
+    __tablename__ = "leases"
+
+    job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.pk"), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(300), default="")
+    expires_at: Mapped[float] = mapped_column(Float, default=0.0)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CheckpointRow(Base):
+    """A job's analysis after the records up to ``seq`` of ``run`` (``server/checkpoint.py``):
+    a restart or a takeover replays only the records after it."""
+
+    __tablename__ = "checkpoints"
+
+    job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.pk"), primary_key=True)
+    run: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64))
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    written_at: Mapped[float] = mapped_column(Float)
 
 
 # The column order of the tuples the ingest path builds for the bulk inserts

@@ -14,7 +14,7 @@ import logging
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from edgewatch.server.store import FrameWrite, JobProgress, Store
+from edgewatch.server.store import Claims, FrameWrite, JobProgress, Store
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,11 @@ class CommitBatch:
     database_down: bool = False
 
 
-def commit(store: Store, batch: CommitBatch) -> CommitBatch:
-    """Write the batch; fills in ``committed``, ``failed`` and ``database_down``."""
+def commit(store: Store, batch: CommitBatch, claims: Claims | None = None) -> CommitBatch:
+    """Write the batch (claiming its jobs' leases in the same transaction: ``ownership.py``);
+    fills in ``committed``, ``failed`` and ``database_down``."""
     try:
-        store.write(batch.frames, batch.progress)
+        store.write(batch.frames, batch.progress, claims)
         batch.committed = list(batch.frames)
     except OperationalError as exc:
         # The database is away: nothing is acknowledged, the clients resend.
@@ -45,18 +46,20 @@ def commit(store: Store, batch: CommitBatch) -> CommitBatch:
         batch.database_down = True
     except SQLAlchemyError as exc:
         log.error("commit of %d frames failed (%s); retrying one by one", len(batch.frames), exc)
-        _one_by_one(store, batch)
+        # No checkpoint in these transactions: the analysis has seen the records of every
+        # frame, and some of them may not be stored.
+        _one_by_one(store, batch, claims, checkpoints=False)
     return batch
 
 
-def _one_by_one(store: Store, batch: CommitBatch) -> None:
+def _one_by_one(store: Store, batch: CommitBatch, claims: Claims | None, checkpoints: bool) -> None:
     """Isolate the frame a transaction could not take; the others still commit."""
     for frame in batch.frames:
         # The job's progress goes with each of its frames: its fields are idempotent
         # (max, latest) and the records count grows by what this frame stored.
         progress = [p for p in batch.progress if p.job_pk == frame.job_pk]
         try:
-            store.write([frame], progress)
+            store.write([frame], progress, claims, checkpoints)
         except SQLAlchemyError as exc:
             batch.failed.append((frame, str(exc)[:200]))
         else:

@@ -1,0 +1,127 @@
+"""Checkpoints of a job's analysis (server/checkpoint.py): a daemon killed and restarted
+replays only the records after the job's last checkpoint, and shows the same analysis and
+alerts as before, which are those ``edgewatch replay`` finds; a checkpoint it cannot use
+(unreadable, from another version, one that would run code) means a full replay, with the
+same result."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+from conftest import DaemonFactory, free_port, http_json
+from test_daemon_process import start_daemon
+from toy import run_spiky
+
+from edgewatch.server.replay import replay_stored
+from edgewatch.server.store import Store
+
+STEPS = 6_000
+
+CLIENT = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from toy import run_spiky
+run_spiky({job!r}, {endpoint!r}, {steps}, close=False)
+os._exit(0)  # no JobEnd: the job is still running when its daemon is killed
+"""
+
+
+def _state(http: str, job: str) -> tuple[Any, Any]:
+    one = http_json(f"{http}/api/jobs/{job}")
+    return (one["status"], one["last_step"], one["analysis"]), http_json(
+        f"{http}/api/jobs/{job}/alerts"
+    )
+
+
+def test_a_killed_daemon_restarts_from_the_checkpoint_with_the_same_analysis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = f"sqlite:///{tmp_path / 'ew.db'}"
+    port, http_port = free_port(), free_port()
+    http, log = f"http://127.0.0.1:{http_port}", tmp_path / "daemon.log"
+    monkeypatch.setenv("EDGEWATCH_CHECKPOINT_SECONDS", "0.2")
+    daemon = start_daemon(db, port, http_port, log)
+    script = CLIENT.format(
+        tests=str(Path(__file__).parent),
+        job="long",
+        endpoint=f"tcp://127.0.0.1:{port}",
+        steps=STEPS,
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    before = _state(http, "long")
+    assert before[0][:2] == ("running", STEPS - 1) and len(before[1]) >= 6
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(10)
+    daemon = start_daemon(db, port, http_port, log)  # same host and endpoint: its lease
+    try:
+        assert _state(http, "long") == before
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(15)
+    rebuilt = [line for line in log.read_text().splitlines() if "analysis rebuilt" in line]
+    assert "from its checkpoint at record" in rebuilt[-1], rebuilt
+    store = Store(db)
+    try:
+        replayed = replay_stored(store, "long")
+    finally:
+        store.close()
+    assert replayed.matches_live and len(replayed.alerts) == len(before[1])
+
+
+class _RunsCode:
+    """A pickle that would run a command when loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("tamper", ["garbage", "runs code", "other version", "other settings"])
+def test_a_checkpoint_that_cannot_be_used_means_a_full_replay_with_the_same_result(
+    make_daemon: DaemonFactory,
+    sqlite_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    tamper: str,
+) -> None:
+    first = make_daemon()
+    mon = run_spiky("job", first.endpoint, 3_200, close=False)
+    before = _state(first.http_url, "job")
+    first.stop()  # a clean stop writes the last checkpoint
+    mon.close(timeout=0.5)
+    marker = tmp_path / "ran"
+    changes = {
+        "garbage": "state = :blob",
+        "runs code": "state = :code",
+        "other version": "version = '0.0.1'",
+        "other settings": None,
+    }[tamper]
+    engine = sqlalchemy.create_engine(sqlite_url)
+    with engine.begin() as conn:
+        assert conn.scalar(sqlalchemy.text("SELECT count(*) FROM checkpoints")) == 1
+        if changes is not None:
+            conn.execute(
+                sqlalchemy.text(f"UPDATE checkpoints SET {changes}"),
+                {"blob": b"\x80\x05junk", "code": pickle.dumps(_RunsCode(marker))},
+            )
+    engine.dispose()
+    settings = {"forecast_margin": 1.7} if tamper == "other settings" else {}
+    caplog.set_level(logging.INFO, logger="edgewatch.server")
+    second = make_daemon(sqlite_url, **settings)
+    assert "replaying in full" in caplog.text
+    assert "from its first record" in caplog.text
+    assert not marker.exists()
+    after = _state(second.http_url, "job")
+    if tamper != "other settings":  # other settings may rightly say other things
+        assert after == before
