@@ -19,7 +19,7 @@ log = logging.getLogger("edgewatch.client")
 
 STEP_WINDOW = 101  # recent step times the median is taken over
 RECENT_STEPS = 9  # step times a slice's price is read against (the load of the moment)
-SETUP_SLICES = 2  # the run's first slices, slowed by one-off set-up, give no price
+SETUP_SLICES = 1  # the run's first slice, slowed by one-off set-up, gives no price
 MEDIAN_EVERY = 16  # steps between recomputations of the median
 PLAN_AHEAD = 1024  # steps of planned LR kept in view (~3 ms to step a torch scheduler)
 REPLAN_GAP = 64  # steps between new views taken because the LR left the plan
@@ -89,10 +89,11 @@ class Spending:
     machine was busy is not applied, ten times off, after it has gone quiet. The lowest,
     because a timing's excess over it is other processes' doing (Python's ``timeit``
     documentation gives the same reason), and a short run has a few slices: one held up
-    must not make its whole estimate dear. The run's first SETUP_SLICES slices (slowed
-    by one-off set-up: LAPACK, autograd's first double backward) give no price and are
-    charged at the first price read. Other work (the plan view, a failed probe) and
-    critical-sharpness searches are charged the seconds they took, in step times.
+    must not make its whole estimate dear. The run's first slice (slowed by one-off
+    set-up: LAPACK, autograd's first double backward) gives no price and is charged at
+    the first price read; the next may still be slow, which a later lowest price mends.
+    Other work (the plan view, a failed probe) and critical-sharpness searches are
+    charged the seconds they took, in step times.
     """
 
     def __init__(self, ticks: StepClock) -> None:
