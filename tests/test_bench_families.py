@@ -144,7 +144,8 @@ def _events(spec: RunSpec) -> list[tuple[str, int]]:
 def test_a_fast_family_labels_are_what_its_plans_say(family: ModuleType) -> None:
     """A healthy plan trains event-free; a jump's first event is at or after its jump;
     a plan too hot from the start has an event within its first 50 steps (seed 0, as
-    calibrated in the family's docstring)."""
+    calibrated in the family's docstring): scored, or one it never recovered from (the
+    MLP at 0.3 climbs to 5× its running minimum by step 30 and never comes back)."""
     healthy = family.run(0, family.HEALTHY[1])
     lr, factor = family.JUMPS[-1]
     jumped = family.run(0, lr, jump=factor)
@@ -153,8 +154,9 @@ def test_a_fast_family_labels_are_what_its_plans_say(family: ModuleType) -> None
     events = _events(jumped)
     assert events and events[0][1] >= family.JUMP_AT, events
     assert jumped.steps >= 400 and jumped.steps == family.JUMP_AT * 2
-    events = _events(hot)
-    assert events and events[0][1] <= 50, events
+    loss = run(hot, None, ()).label_loss
+    onsets = [e.onset for e in excursions(loss) if e.onset is not None]
+    assert onsets and onsets[0] <= 50, excursions(loss)
 
 
 def test_the_curvature_clock_counts_median_step_times() -> None:
