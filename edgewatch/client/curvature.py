@@ -63,8 +63,6 @@ MIN_GAP = 10  # steps between a stir or cadence estimate and the one before
 UNKNOWN_RUN = 500  # steps a run of unknown length is expected to last, at least
 MAX_HVPS = 30  # Lanczos HVPs per estimate at most (the tracker's default)
 FIRST_SHARE = 0.5  # of the allowance the first, cold estimate may use
-SLICE_STEPS = 1.0  # step times a slice may take, where HVPs are cheap (``_slice_hvps``)
-MAX_SLICE_HVPS = 8  # HVPs a slice may run at most
 
 
 class CurvatureSchedule:
@@ -252,14 +250,12 @@ class CurvatureSchedule:
         return self.horizon + math.ceil(self.warm_hvps / self.tracker.hvps_per_step) + LEAD
 
     def _hvp_cap(self) -> int:
-        """HVPs the estimate under way may reach: what the allowance still covers, at the
-        median cost of one, between one more slice and MAX_HVPS. A dear cold estimate on
-        a short run so ends early, unconverged (flagged, with its bound), rather than
-        overspend the run's share; until a step is timed, one slice at a time."""
+        """HVPs the estimate under way may reach: what the allowance covers at the price
+        of one, and the run's steps left, between one more slice and MAX_HVPS. A dear
+        cold estimate so ends early, unconverged (flagged, with its bound), rather than
+        overspend the run's share or be cut off unreported by the run's end."""
         floor = self._estimate_hvps + self.tracker.hvps_per_step
         per_hvp = self.spending.per_unit()
-        if not math.isfinite(per_hvp):
-            return floor
         if not per_hvp:
             return MAX_HVPS  # the first slice: its cost is not known before it
         free = self.free()
@@ -268,16 +264,10 @@ class CurvatureSchedule:
         elif self.reason != "rise":
             free -= self.reserve()
         more = int(free / per_hvp) - 1  # one unit for the probe graph
-        return max(floor, min(MAX_HVPS, self._estimate_hvps + more))
-
-    def _slice_hvps(self) -> int:
-        """HVPs of the next slice: as many as fit in SLICE_STEPS step times, between the
-        ``hvps_per_step`` asked for and MAX_SLICE_HVPS. Where an HVP is cheap beside a
-        step (a small probe, a large batch) fewer slices mean fewer probe graphs and less
-        drift of the parameters under one estimate, at a stall of about a step."""
-        per_unit = self.spending.per_unit()
-        fit = int(SLICE_STEPS / per_unit) - 1 if per_unit > 0 else 0  # less the graph
-        return max(self.hvps_per_step, min(fit, MAX_SLICE_HVPS))
+        cap = min(MAX_HVPS, self._estimate_hvps + more)
+        if self.total_steps:
+            cap = min(cap, floor + (self.total_steps - 1 - self.step) * self.hvps_per_step)
+        return max(floor, cap)
 
     def _critical_due(self) -> bool:
         spent = self.spending.critical
@@ -295,7 +285,7 @@ class CurvatureSchedule:
         over all its slices (else None and the slice's seconds)."""
         first = self.tracker.last is None
         hvps = self.tracker.hvps_total
-        self.tracker.hvps_per_step = self._slice_hvps()
+        self.tracker.hvps_per_step = self.spending.slice_hvps(self.hvps_per_step)
         self.tracker.max_hvps = self._hvp_cap()
         start = time.perf_counter()
         self.attempts += 1

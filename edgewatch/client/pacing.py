@@ -19,6 +19,8 @@ log = logging.getLogger("edgewatch.client")
 
 STEP_WINDOW = 101  # recent step times the median is taken over
 RECENT_STEPS = 9  # step times a slice's price is read against (the load of the moment)
+SLICE_STEPS = 1.0  # step times a slice may take, where HVPs are cheap (``slice_hvps``)
+MAX_SLICE_HVPS = 8  # HVPs a slice may run at most
 SETUP_SLICES = 1  # the run's first slice, slowed by one-off set-up, gives no price
 MEDIAN_EVERY = 16  # steps between recomputations of the median
 PLAN_AHEAD = 1024  # steps of planned LR kept in view (~3 ms to step a torch scheduler)
@@ -147,6 +149,16 @@ class Spending:
             self.critical += seconds / step
         else:
             self.other += seconds / step
+
+    def slice_hvps(self, least: int) -> int:
+        """HVPs of the next slice: as many as fit in SLICE_STEPS step times, between
+        ``least`` (the ``hvps_per_step`` asked for) and MAX_SLICE_HVPS. Where an HVP is
+        cheap beside a step (a small probe, a large batch), fewer slices mean fewer probe
+        graphs and less drift of the parameters under one estimate, at a stall of about
+        a step."""
+        per_unit = self.per_unit()
+        fit = int(SLICE_STEPS / per_unit) - 1 if per_unit > 0 else 0  # less the graph
+        return max(least, min(fit, MAX_SLICE_HVPS))
 
     def lap(self) -> float:
         """Seconds of work since the last lap (left out of the step they fell in)."""
