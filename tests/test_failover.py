@@ -7,15 +7,20 @@ lands in both: no test of the property.)"""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy
 import torch
+from conftest import free_port
 
 import edgewatch
 from edgewatch.client.arguments import endpoint_list
+from edgewatch.server.process import spawn_daemon, wait_healthy
 
 STEPS = 600
 
@@ -96,3 +101,52 @@ def test_endpoints_come_as_a_list_or_a_comma_separated_variable(
         edgewatch.attach(optimizer, job="x", endpoint=["tcp://a:1", "a:2"])
     with pytest.raises(ValueError, match="twice"):
         edgewatch.attach(optimizer, job="x", endpoint=["tcp://a:1", "tcp://a:1"])
+
+
+def test_a_daemon_slow_at_close_is_tried_again_after_a_dead_one(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """close() with the live daemon frozen for a while and a dead endpoint beside it: the
+    client moves to the dead one, then back to the one that answered during the run once
+    it answers again, and every record is acknowledged and stored once."""
+    endpoint, http = f"tcp://127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    dead = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    with open(tmp_path / "serve.log", "wb") as out:
+        live = spawn_daemon(sqlite_url, endpoint, http, stdout=out)
+        try:
+            wait_healthy(f"http://{http}", live)
+            torch.manual_seed(0)
+            model = torch.nn.Linear(4, 1)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+            x = torch.randn(8, 4)
+            mon = edgewatch.attach(
+                optimizer,
+                model=model,
+                job="slow-at-close",
+                endpoint=[endpoint, dead],
+                close_timeout=30.0,
+            )
+            assert mon.sender is not None
+            mon.sender.resend_after = 1.0
+            for _ in range(STEPS // 2):
+                mon.step(_step(model, optimizer, x))
+            deadline = time.monotonic() + 20
+            while mon.stats["acknowledged"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            live.send_signal(signal.SIGSTOP)  # busy: no answer for a while
+            for _ in range(STEPS // 2):
+                mon.step(_step(model, optimizer, x))
+            resume = threading.Timer(2.5, live.send_signal, (signal.SIGCONT,))
+            resume.start()  # after the client has given the dead endpoint its turn
+            mon.close()
+            resume.join()
+            stats = mon.stats
+            assert stats["failovers"] >= 2, stats  # to the dead one, and back
+            assert stats["unacknowledged"] == 0 and stats["acknowledged"] == stats["records"]
+        finally:
+            live.send_signal(signal.SIGCONT)
+            live.terminate()
+            live.wait(timeout=30)
+    rows = _rows(sqlite_url, "slow-at-close")
+    assert sorted(step for step, _ in rows) == list(range(STEPS))
+    assert all(count == 1 for _, count in rows)

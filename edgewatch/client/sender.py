@@ -81,6 +81,7 @@ class Sender(threading.Thread):
         self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         self._current = 0
         self.failovers = 0
+        self._answered: set[int] = set()  # endpoints (indexes) that replied during the run
         self._waiting_since: float | None = None  # unanswered work since, at this daemon
         self._finish_failovers = 0
         self.job, self.run_id = job, run
@@ -177,6 +178,7 @@ class Sender(threading.Thread):
                     self._read_replies(sock)
                     last_contact = time.monotonic()
                     self._waiting_since = None  # this daemon answers
+                    self._answered.add(self._current)
                 if self._stalled(time.monotonic()):
                     self._fail_over(sock)
                     last_contact = time.monotonic()
@@ -200,10 +202,16 @@ class Sender(threading.Thread):
     # -- failover ---------------------------------------------------------------------
 
     def _may_fail_over(self) -> bool:
-        """Another endpoint to try; once close() is asked for, each other one once."""
+        """Another endpoint to try; once close() is asked for, each other one once, and
+        then, until close()'s deadline, those that answered during the run: a daemon
+        merely slow at the end (busy, or taking the job over) must not lose the run's
+        last records to a dead endpoint tried after it."""
         if len(self.endpoints) < 2:
             return False
-        return not self._finishing.is_set() or self._finish_failovers < len(self.endpoints) - 1
+        if not self._finishing.is_set() or self._finish_failovers < len(self.endpoints) - 1:
+            return True
+        alive = self._answered - {self._current}
+        return bool(alive) and time.monotonic() < self._close_deadline
 
     def _stalled(self, now: float) -> bool:
         """Work has waited for this daemon past the resend timeout with no answer from it
