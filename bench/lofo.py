@@ -1,4 +1,4 @@
-"""Leave-one-family-out tuning and scoring of the predictor (issue 11).
+"""Leave-one-family-out tuning and scoring of the predictor (bench/RESULTS.md).
 
 Every stored run becomes a ``Case``: its records in the order the daemon saw them, its
 label loss, its family. ``replay`` feeds a case through ``RunAnalysis``, the daemon's

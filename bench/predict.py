@@ -1,4 +1,4 @@
-"""`make bench-predict`: the instability benchmark, v2 (issue 11).
+"""`make bench-predict`: the instability benchmark (bench/RESULTS.md).
 
 Trains every run of every family (bench/families/) once, through the real client into a
 real daemon (SQLite), watched by a monitor at the default curvature budget, 0.02

@@ -1,6 +1,6 @@
-"""The failure modes of issue 11, each on a trace with a known answer: Adam's unsettled
-start, a level that must not learn from trouble, recommendations after a failure, a
-warmup that fits, and alerts that do not flap."""
+"""The predictor's past failure modes (bench/RESULTS.md), each on a trace with a known
+answer: Adam's unsettled start, a level that must not learn from trouble,
+recommendations after a failure, a warmup that fits, and alerts that do not flap."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ ADAM = {"kind": "AdamW", "lr": 1e-3, "betas": (0.9, 0.95)}
 
 def test_adams_unsettled_first_estimates_raise_no_alarm() -> None:
     # The first preconditioned ratios of a healthy Adam run are 30-60x the ones it settles
-    # at (issue 11); they are left out until the second moment has settled.
+    # at (bench/RESULTS.md); they are left out until the second moment has settled.
     forecast = JobForecast(ADAM)
     lr = 1e-3
     for t in range(400):

@@ -1,4 +1,4 @@
-"""The families of real training runs for the instability benchmark (issue 11).
+"""The families of real training runs for the instability benchmark (bench/RESULTS.md).
 
 Each family is a module exposing ``NAME``, ``grid(seeds) -> list[RunSpec]`` and
 ``build(spec) -> Setup``; its docstring says what it is for and what its grid produced

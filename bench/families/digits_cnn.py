@@ -6,7 +6,7 @@ to too hot, and LR jumps. Probe (sharpness): 64 fixed training images. Labels: t
 on 130 held-out images (every second of the last 261), in train mode (batch statistics),
 BatchNorm's running statistics restored.
 
-What it is for: the momentum-SGD CNN of issue 11 (heavy-ball at small LRs trains fine and
+What it is for: the momentum-SGD CNN of the benchmark (heavy-ball at small LRs trains fine and
 must not alarm again and again), BatchNorm (the sharpness of a scale-invariant net), and
 the momentum thresholds (2 + 2β)/η and (2 + 2β)/((1 + 2β)·η).
 

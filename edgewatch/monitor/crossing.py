@@ -10,8 +10,9 @@ facts shape the forecast:
    of its own, below or above 1. So the alarm is not r ≥ 1 but r ≥ ``margin`` × the
    larger of 1 and the *sustained level*: the median ratio of recent estimates taken
    while the job was healthy, the LR held, and (Adam) the optimizer state had settled.
-   A damaged stretch or an excursion never teaches the level (issue 11: a level learnt
-   from a blow-up raised the alarm to 147–1331 and let a broken job read ``stable``).
+   A damaged stretch or an excursion never teaches the level (bench/RESULTS.md: a
+   level learnt from a blow-up raised the alarm to 147–1331 and let a broken job read
+   ``stable``).
 2. What breaks a job is the LR outrunning the curvature: a warmup too fast for the
    network to flatten, or a scheduled jump (Kalra & Barkeshli 2024, arXiv 2406.09405).
    Both are in the LR plan before they happen.
@@ -22,7 +23,7 @@ and finds the first step whose ratio reaches the alarm ratio.
 
 Adam's first steps: its second-moment estimate starts as one squared gradient, so the
 preconditioned ratio of the first estimates is 30–60× what the same run shows a hundred
-steps later (issue 11). Estimates before ``settle_steps`` optimizer steps therefore do
+steps later (bench/RESULTS.md). Estimates before ``settle_steps`` optimizer steps therefore do
 not enter the forecast; a run that truly starts too hot shows it in its loss and
 gradient norm instead (``precursors.py``).
 """

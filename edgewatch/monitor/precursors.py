@@ -55,7 +55,7 @@ class LossHealth:
     slow average of |Δ log loss| from step to step, which a level shift moves once, not
     for as long as the averages take to catch up) widening the band: a minibatch loss near
     zero moves by tens of percent from batch to batch, a full-batch loss by nothing, and
-    the same 1.6× cannot mean trouble in both (issue 11: healthy minibatch runs read
+    the same 1.6× cannot mean trouble in both (bench/RESULTS.md: healthy minibatch runs read
     ``unstable``). Losses that are not positive are not followed (a ratio means nothing)."""
 
     def __init__(
