@@ -9,7 +9,7 @@ al. 2025, arXiv 2506.04805); and, when asked for, the forward-only **critical sh
 
 The budget: the share ``budget`` of the run's training time, counted in the run's own
 median step time (``pacing.StepClock``, curvature left out), not in seconds, so that two
-machines give the same schedule; slices are charged their HVPs and graphs at the median
+machines give the same schedule; slices are charged their HVPs and graphs at the lowest
 cost of one (``pacing.Spending``). Amortised over the run: with ``total_steps`` known
 the allowance is budget × total_steps step-times, and cadence estimates spread what is
 free of it (less a reserve for the next planned rise) over the steps left, so a dear

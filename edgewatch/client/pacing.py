@@ -29,7 +29,6 @@ STIR_Z = 4.0  # deviations (of the log) from the running mean that count as a st
 STIR_FLOOR = 0.1  # ... and at least this much in the log (10%): float noise is no stir
 STIR_RATE = 0.05  # weight of the newest value in the running mean and variance
 STIR_WARM = 20  # values before a stir can be seen
-UNIT_WINDOW = 31  # recent slices whose median cost per HVP is charged
 RISE = 1.5  # a planned LR this much above the one last vouched for wants an estimate
 
 
@@ -83,37 +82,35 @@ class StepClock:
 class Spending:
     """Curvature work charged, in the run's own step times (``StepClock``).
 
-    A λ_max slice is charged once, by what it did, its probe graph and HVPs ("units"),
-    at the lowest price of a unit over recent slices, so that what was free when an
-    estimate was decided stays what was free. Each price is read against the training
+    λ_max slices are charged by what they did, their probe graphs and HVPs ("units"),
+    all at the lowest price of a unit read so far, each price read against the training
     steps just before its slice (seconds per unit over the median of the last
-    RECENT_STEPS steps): both are timed under the same load, so a price read while the
+    RECENT_STEPS steps). Both are timed under the same load, so a price read while the
     machine was busy is not applied, ten times off, after it has gone quiet. The lowest,
-    because a timing's excess over it is other processes' doing (Python's ``timeit``
-    documentation gives the same reason), and a short run has a few slices: one held up
-    must not make its whole estimate dear. The run's first slice (slowed by one-off
-    set-up: LAPACK, autograd's first double backward) gives no price and is charged at
-    the first price read; the next may still be slow, which a later lowest price mends.
-    Other work (the plan view, a failed probe) and critical-sharpness searches are
-    charged the seconds they took, in step times.
+    because a timing's excess over it is something else's doing (another process, the
+    daemon's or the sender's thread holding the GIL; Python's ``timeit`` documentation
+    gives the same reason), and what was charged at a dearer price is charged again at
+    the lower one: spending only falls after the fact, and a run whose first slices were
+    all held up is not starved for the rest of it. The run's first slice (slowed by
+    one-off set-up: LAPACK, autograd's first double backward) gives no price. Other
+    work (the plan view, a failed probe) and critical-sharpness searches are charged
+    the seconds they took, in step times.
     """
 
     def __init__(self, ticks: StepClock) -> None:
         self.ticks = ticks
         self.units = 0  # probe graphs + HVPs of the λ_max slices
-        self.charged = 0.0  # step times charged for them
-        self.unpriced = 0  # ... of which charged nothing yet: no price read so far
         self.slices = 0
         self.other = 0.0  # step times of other work
         self.critical = 0.0  # step times of critical-sharpness searches
         self.early = 0.0  # seconds of other work before a step was timed
-        self.prices: collections.deque[float] = collections.deque(maxlen=UNIT_WINDOW)
+        self.lowest = math.inf  # the lowest price of a unit read so far, in step times
         self.seconds = 0.0  # all work, in seconds as it took
         self._lapped = 0.0  # ``seconds`` at the last lap
 
     def per_unit(self) -> float:
         """Step times one unit costs: the lowest over recent slices (0 before a price)."""
-        return min(self.prices) if self.prices else 0.0
+        return self.lowest if math.isfinite(self.lowest) else 0.0
 
     def in_steps(self, seconds: float) -> float:
         """``seconds`` in units of the run's median step (inf before one is timed)."""
@@ -126,8 +123,8 @@ class Spending:
         return self.sharpness() + self.other + self.critical + early
 
     def sharpness(self) -> float:
-        """Step times of the λ_max slices (the unpriced ones at the price of now)."""
-        return self.charged + self.unpriced * self.per_unit()
+        """Step times of the λ_max slices, all at the lowest price read so far."""
+        return self.units * self.per_unit()
 
     def charge(self, seconds: float, units: int = 0, critical: bool = False) -> None:
         """Work of ``seconds``: a λ_max slice of ``units``, or other work."""
@@ -135,14 +132,9 @@ class Spending:
         step = self.ticks.recent() if len(self.ticks.times) >= 3 else None
         if units:
             if self.slices >= SETUP_SLICES and step is not None:
-                self.prices.append(seconds / units / step)
+                self.lowest = min(self.lowest, seconds / units / step)
             self.units += units
             self.slices += 1
-            if self.prices:  # charged once, at the price of now: never moved after
-                self.charged += (units + self.unpriced) * self.per_unit()
-                self.unpriced = 0
-            else:
-                self.unpriced += units
         elif step is None:
             self.early += seconds
         elif critical:
