@@ -156,3 +156,27 @@ def test_near_the_edge_the_daemon_asks_for_more_frequent_estimates(daemon: Daemo
     assert mon.sender is not None and mon.sender.stability_ratio is not None
     assert mon.sender.stability_ratio >= 0.8
     assert mon.curvature is not None and mon.curvature.urgency == 4.0
+
+
+def test_a_rise_the_budget_cannot_cover_is_said_once(
+    daemon: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A budget spent by the first estimate leaves a planned ×30 jump unmeasured: the
+    client says so once, in the log and in ``mon.stats``, rather than go quiet."""
+    problem = make_problem("mse", "init")
+    optimizer = torch.optim.SGD(problem.model.parameters(), lr=0.001)
+    jump = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 30.0 if s >= 200 else 1.0)
+    steps = {"n": 0}
+
+    def done(schedule: CurvatureSchedule) -> bool:
+        steps["n"] += 1
+        return steps["n"] > 300
+
+    with caplog.at_level("WARNING", logger="edgewatch.client"):
+        mon = train_until(
+            problem, optimizer, daemon, "short", done, budget=0.001, scheduler=jump, total_steps=300
+        )
+    said = [r for r in caplog.records if "no estimate before the LR rise" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]
+    stats = mon.stats
+    assert stats["estimates_rise"] == 0 and 0 < stats["rise_unmeasured_step"] < 200, stats

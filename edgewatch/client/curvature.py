@@ -12,21 +12,21 @@ median step time (``pacing.StepClock``, curvature left out), not in seconds, so 
 machines give the same schedule; slices are charged their HVPs and graphs at the lowest
 cost of one (``pacing.Spending``). Amortised over the run: with ``total_steps`` known
 the allowance is budget × total_steps step-times, and cadence estimates spread what is
-free of it (less a reserve for the next planned rise) over the steps left, so a dear
-cold first estimate does not starve the next thousand steps; ``rise``, ``stir`` and
-``edge`` estimates may spend ahead, never past the allowance. A run of unknown length
-is expected to last max(twice its steps so far, UNKNOWN_RUN). The first estimate
-always starts and may use FIRST_SHARE of the allowance; an estimate the allowance does
-not cover to convergence ends early, flagged unconverged (``_hvp_cap``).
+free of it (less what the planned rises in view need) over the steps left; ``rise``,
+``stir`` and ``edge`` estimates may spend ahead, never past the allowance (a rise it
+cannot cover is logged once). A run of unknown length is expected to last max(twice
+its steps so far, UNKNOWN_RUN). The first estimate always starts and may use
+FIRST_SHARE of the allowance; one the allowance does not cover ends early, flagged
+unconverged (``_hvp_cap``).
 
-Where it runs: on the training thread, right after ``mon.step``, in whatever mode the
-model is in; the global RNG states, buffers and ``.grad`` are left as they were
-(``monitor/isolation.py``), so the run is the one it would have been without edgewatch.
+Where it runs: on the training thread, after ``mon.step``, in the model's mode; the
+global RNG states, buffers and ``.grad`` are left as they were (``monitor/isolation.py``).
 On a GPU a slice reads back a few scalars (a sync), which the budget accounts for.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -43,6 +43,7 @@ from edgewatch.monitor.thresholds import uses_preconditioned_sharpness
 from edgewatch.monitor.tracking import SharpnessTracker, TrackedEstimate
 from edgewatch.schemas import CRITICAL_METHOD
 
+log = logging.getLogger("edgewatch.client")
 Kind = Literal["sharpness", "critical"]
 Reason = Literal["first", "rise", "stir", "edge", "cadence"]
 REASONS: tuple[Reason, ...] = ("first", "rise", "stir", "edge", "cadence")
@@ -63,19 +64,22 @@ MIN_GAP = 10  # steps between a stir or cadence estimate and the one before
 UNKNOWN_RUN = 500  # steps a run of unknown length is expected to last, at least
 MAX_HVPS = 30  # Lanczos HVPs per estimate at most (the tracker's default)
 FIRST_SHARE = 0.5  # of the allowance the first, cold estimate may use
+UNMEASURED = (
+    "edgewatch: the curvature budget (%.3g of the run) is spent: no estimate before the LR "
+    "rise planned after step %d; the forecast rests on the estimate of step %d. A higher "
+    "attach(budget=...) (0.1 for a short run of millisecond steps) buys one."
+)
 
 
 class CurvatureSchedule:
     """When to measure curvature (``due``), and the measuring (``measure``). A λ_max
     estimate starts for a reason, counted in ``mon.stats``; the daemon multiplies the last
     usable one by the *planned* LR, so one recent enough must precede each rise of the plan:
-    - ``first``: the first estimate the forecast can use, as soon as it can use one. For
-      SGD and heavy ball that is step 0 (the sharpness at initialisation says whether the
-      plan is safe from the start). For Adam-type optimizers it is step ``settle_steps``
-      (50, the daemon's default): the forecast leaves out preconditioned estimates before
-      it, as the second moment has not settled (Cohen et al. 2022, arXiv 2207.14484), so a
-      step-0 estimate would be a cold, dear one thrown away. A too-hot Adam start shows in
-      the loss within steps, which the daemon reads without sharpness.
+    - ``first``: the first estimate the forecast can use, as soon as it can use one:
+      step 0 for SGD and heavy ball (is the plan safe from the start?); step
+      ``settle_steps`` (50) for Adam-type optimizers, whose earlier preconditioned
+      estimates the forecast leaves out (Cohen et al. 2022, arXiv 2207.14484). A too-hot
+      Adam start shows in the loss within steps, which the daemon reads.
     - ``rise``: the planned LR within ``horizon`` + lead steps exceeds 1.5 × the highest
       LR the last estimate was taken to vouch for: each stretch of a warmup, a scheduled
       jump, a cyclic restart; and, before a sharp rise, once more within half a horizon
@@ -144,6 +148,7 @@ class CurvatureSchedule:
         self.critical_searches = 0  # critical-sharpness searches run
         self.critical_found = 0  # of which found a step (each sent)
         self.failures = 0
+        self.rise_unmeasured = 0  # step a planned rise first found the budget spent
 
     def use_clock(self, clock: Callable[[], float]) -> None:
         """Read step times on ``clock`` from now on (bench/harness.py lends one)."""
@@ -222,13 +227,17 @@ class CurvatureSchedule:
             return "first" if ready else None
         cost = self.expected_cost()
         free = self.free()
-        # A rise goes first: what is free buys at least a slice's worth of an estimate
-        # (``_hvp_cap`` ends it early, unconverged, when the allowance runs out).
+        # A rise goes first: what is free buys at least a slice (``_hvp_cap`` ends it).
         age = self.step - self.last_end
         affordable = int(free / cost) if cost > 0 else 0
         slice_cost = (self.tracker.hvps_per_step + 1) * self.spending.per_unit()
-        if free >= slice_cost and self.rises.due(self.step, lr, self.lead(), age, affordable):
-            return "rise"
+        if self.rises.due(self.step, lr, self.lead(), age, affordable):
+            if free >= slice_cost:
+                return "rise"
+            self.rises.refreshing = False
+            if not self.rise_unmeasured:  # say so once: the forecast there is blind
+                self.rise_unmeasured = self.step
+                log.warning(UNMEASURED, self.budget, self.step, self.last_end)
         if not free >= cost:  # also False for NaN or inf (no step timed yet)
             return None
         if age < MIN_GAP:
@@ -381,6 +390,7 @@ class CurvatureSchedule:
         out = {f"estimates_{reason}": count for reason, count in self.reasons.items()}
         share = self.spending.spent() / max(self.steps, 1)
         out["curvature_hvps"] = self.tracker.hvps_total
+        out["rise_unmeasured_step"] = self.rise_unmeasured
         out["curvature_permille"] = round(1000 * share) if math.isfinite(share) else 0
         return out
 
