@@ -33,6 +33,17 @@ def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     return loss
 
 
+def _watched(job: str, endpoints: list[str]) -> tuple[Any, Any, torch.Tensor, Any]:
+    """A tiny model, its optimizer and batch, and a monitor sending to ``endpoints``."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = edgewatch.attach(optimizer, model=model, job=job, endpoint=endpoints, close_timeout=30.0)
+    assert mon.sender is not None
+    mon.sender.resend_after = 1.0  # the default 5 s would only make the tests slower
+    return model, optimizer, torch.randn(8, 4), mon
+
+
 def _rows(url: str, job: str) -> list[tuple[int, int]]:
     engine = sqlalchemy.create_engine(url)
     try:
@@ -55,19 +66,7 @@ def test_a_run_whose_daemon_stops_goes_on_with_the_next_and_stores_each_step_onc
     make_daemon: Any, sqlite_url: str
 ) -> None:
     first, second = make_daemon(), make_daemon()  # one SQLite file
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = torch.randn(8, 4)
-    mon = edgewatch.attach(
-        optimizer,
-        model=model,
-        job="failover",
-        endpoint=[first.endpoint, second.endpoint],
-        close_timeout=30.0,
-    )
-    assert mon.sender is not None
-    mon.sender.resend_after = 1.0  # the default 5 s would only make the test slower
+    model, optimizer, x, mon = _watched("failover", [first.endpoint, second.endpoint])
     for _ in range(STEPS // 2):
         mon.step(_step(model, optimizer, x))
     deadline = time.monotonic() + 20
@@ -115,19 +114,7 @@ def test_a_daemon_slow_at_close_is_tried_again_after_a_dead_one(
         live = spawn_daemon(sqlite_url, endpoint, http, stdout=out)
         try:
             wait_healthy(f"http://{http}", live)
-            torch.manual_seed(0)
-            model = torch.nn.Linear(4, 1)
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-            x = torch.randn(8, 4)
-            mon = edgewatch.attach(
-                optimizer,
-                model=model,
-                job="slow-at-close",
-                endpoint=[endpoint, dead],
-                close_timeout=30.0,
-            )
-            assert mon.sender is not None
-            mon.sender.resend_after = 1.0
+            model, optimizer, x, mon = _watched("slow-at-close", [endpoint, dead])
             for _ in range(STEPS // 2):
                 mon.step(_step(model, optimizer, x))
             deadline = time.monotonic() + 20
