@@ -149,6 +149,7 @@ class CurvatureSchedule:
         self.critical_found = 0  # of which found a step (each sent)
         self.failures = 0
         self.rise_unmeasured = 0  # step a planned rise first found the budget spent
+        self._refresh = False  # the rise estimate about to start is a refresh
 
     def use_clock(self, clock: Callable[[], float]) -> None:
         """Read step times on ``clock`` from now on (bench/harness.py lends one)."""
@@ -158,8 +159,7 @@ class CurvatureSchedule:
 
     @property
     def spent(self) -> float:
-        """Seconds of curvature work so far, as it took (the budget counts step times:
-        ``pacing.Spending``)."""
+        """Seconds of curvature work so far, as it took (the budget is in step times)."""
         return self.spending.seconds
 
     def expected_steps(self) -> int:
@@ -174,12 +174,10 @@ class CurvatureSchedule:
 
     def free(self) -> float:
         """Step times of the allowance not yet spent."""
-        spending = self.spending
-        return self.allowance() - (spending.spent() - spending.critical)
+        return self.allowance() - (self.spending.spent() - self.spending.critical)
 
     def reserve(self) -> float:
-        """Step times kept back from the cadence for the estimates the planned rises in
-        view still want."""
+        """Step times kept back from the cadence for what the planned rises in view want."""
         return self.rises.pending(self.step) * self.expected_cost()
 
     def expected_cost(self) -> float:
@@ -214,7 +212,8 @@ class CurvatureSchedule:
         reason = self._why(stirred, lr)
         if reason is not None:
             self.reason = reason
-            self.rises.started(self.step, lr, self.lead())
+            self.rises.started(self.step, lr, self.lead(), refresh=self._refresh)
+            self._refresh = False
             return "sharpness"
         if self.critical_share > 0 and self._critical_due():
             return "critical"
@@ -231,10 +230,11 @@ class CurvatureSchedule:
         age = self.step - self.last_end
         affordable = int(free / cost) if cost > 0 else 0
         slice_cost = (self.tracker.hvps_per_step + 1) * self.spending.per_unit()
-        if self.rises.due(self.step, lr, self.lead(), age, affordable):
+        wanted = self.rises.due(self.step, lr, self.lead(), age, affordable)
+        if wanted is not None:
             if free >= slice_cost:
+                self._refresh = wanted == "refresh"
                 return "rise"
-            self.rises.refreshing = False
             if not self.rise_unmeasured:  # say so once: the forecast there is blind
                 self.rise_unmeasured = self.step
                 log.warning(UNMEASURED, self.budget, self.step, self.last_end)

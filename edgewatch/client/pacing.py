@@ -11,6 +11,7 @@ import logging
 import math
 import statistics
 from collections.abc import Callable
+from typing import Literal
 
 from edgewatch.client.schedule import PlanSource
 from edgewatch.monitor.plan import lr_moved
@@ -109,7 +110,7 @@ class Spending:
         self._lapped = 0.0  # ``seconds`` at the last lap
 
     def per_unit(self) -> float:
-        """Step times one unit costs: the lowest over recent slices (0 before a price)."""
+        """Step times one unit costs: the lowest read so far (0 before a price)."""
         return self.lowest if math.isfinite(self.lowest) else 0.0
 
     def in_steps(self, seconds: float) -> float:
@@ -243,8 +244,9 @@ class Rises:
       started for, so that a crossing the sharpness already shows is forecast a
       horizon ahead. Once the last estimate is older than the horizon, any rise at all
       wants one (the last stretch of a warmup gets one within the horizon of its peak).
-    - **refresh**: sharpness grows while the LR holds (progressive sharpening: ×100 over
-      200 steps of heavy-ball SGD on a small CNN, bench/RESULTS.md), so the estimate a
+    - **refresh**: sharpness grows while the LR holds (progressive sharpening: ×12
+      between 125 and 50 steps before a ×30 jump of a heavy-ball CNN, README "Budget",
+      ``tests/test_schedule_families.py``), so the estimate a
       horizon ahead of a ×30 jump can read far below what the network will carry into
       it. When a rise of more than ``RISE`` × the LR in force is within ``lead`` − half
       a horizon, and the last estimate is over half a horizon old, one more is taken:
@@ -257,43 +259,43 @@ class Rises:
         self.horizon = horizon
         self.vouched = 0.0  # the highest planned LR the last estimate was started for
         self.refresh_wanted = False  # the last estimate was started ahead of a sharp rise
-        self.refreshing = False  # the estimate under way is a refresh
 
     def peak(self, first: int, last: int) -> float | None:
         return self.view.peak(first, last) if self.view is not None else None
 
-    def started(self, step: int, lr: float | None, lead: int) -> None:
-        """An estimate starts at ``step`` (LR in force ``lr``), for the ``lead`` steps on.
-        It wants a refresh when a sharp rise is in view beyond half a horizon from here."""
+    def started(self, step: int, lr: float | None, lead: int, refresh: bool = False) -> None:
+        """An estimate starts at ``step`` (LR in force ``lr``), for the ``lead`` steps on;
+        ``refresh``: it is the refresh ``due`` asked for. Any other wants a refresh when a
+        sharp rise is in view beyond half a horizon from here."""
         now = lr or 0.0
         peak = max(self.peak(step, step + lead) or 0.0, now)
         near = self.peak(step, step + lead - self.horizon // 2) or 0.0
         self.vouched = peak
         sharp_beyond = peak > RISE * now and not near > RISE * now
-        self.refresh_wanted = sharp_beyond and not self.refreshing
-        self.refreshing = False
+        self.refresh_wanted = sharp_beyond and not refresh
 
-    def due(self, step: int, lr: float | None, lead: int, age: int, affordable: int) -> bool:
-        """Whether a rise wants an estimate at ``step`` (sets ``refreshing`` if a refresh);
-        ``age``: steps since the last estimate finished; ``affordable``: estimates the
-        allowance still covers. Where it covers one, a sharp rise gets the late one only,
-        within half a horizon of it: the one that sees the sharpness the rise will meet."""
+    def due(
+        self, step: int, lr: float | None, lead: int, age: int, affordable: int
+    ) -> Literal["ahead", "refresh"] | None:
+        """Which estimate a rise wants at ``step``, if any. ``age``: steps since the last
+        estimate finished; ``affordable``: estimates the allowance still covers. Where it
+        covers one, a sharp rise gets the late one only, within half a horizon of it: the
+        one that sees the sharpness the rise will meet."""
         now = lr or 0.0
         far = self.peak(step, step + lead)
         if far is None:
-            return False
+            return None
         half = self.horizon // 2
         near = self.peak(step, step + lead - half) or 0.0
         above = 1.01 if age >= self.horizon else RISE
         sharp = far > RISE * now
         if far > above * self.vouched and (affordable >= 2 or not sharp):
-            return True
+            return "ahead"
         if near > above * self.vouched:
-            return True
+            return "ahead"
         if self.refresh_wanted and age >= half and near > RISE * now:
-            self.refreshing = True
-            return True
-        return False
+            return "refresh"
+        return None
 
     def pending(self, step: int) -> int:
         """Estimates still wanted by the rises in view: to hold back from the cadence."""
