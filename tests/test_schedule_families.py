@@ -56,13 +56,23 @@ class Family:
     scheduler: Any  # a torch scheduler, or a function step -> LR set by the loop
 
 
-def classifier(model: nn.Module, optimizer: torch.optim.Optimizer, batch: int) -> Family:
+def classifier(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: int, sampled: bool = False
+) -> Family:
+    """The first ``batch`` digits every step, or (``sampled``) ``batch`` drawn afresh each
+    step from all but the probe's."""
     x, y = digits()
     train_x, train_y = x[:batch], y[:batch]
     probe_x, probe_y = x[-64:], y[-64:]  # held out of the training batch
+    draws = {"step": 0}
 
     def loss() -> torch.Tensor:
-        return nn.functional.cross_entropy(model(train_x), train_y)
+        if not sampled:
+            return nn.functional.cross_entropy(model(train_x), train_y)
+        seed = torch.Generator().manual_seed(draws["step"])
+        draws["step"] += 1
+        rows = torch.randint(0, len(x) - 64, (batch,), generator=seed)
+        return nn.functional.cross_entropy(model(x[rows]), y[rows])
 
     def probe() -> torch.Tensor:
         return nn.functional.cross_entropy(model(probe_x), probe_y)
@@ -128,7 +138,11 @@ def gru(factor: float) -> Family:
     torch.manual_seed(0)
     model = GRUClassifier()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    family = classifier(model, optimizer, 1024)
+    # Minibatches: on one fixed batch at a constant LR, Adam memorises (the loss falls to
+    # 6e-4 by step 1,500, the gradient norm to 1e-3), its second moment decays and
+    # λ_max(P⁻¹H) climbs past 1.5 × 38/η with no spike (Bai et al. 2025, arXiv
+    # 2506.04805); an estimate there reads a crossing the loss never shows.
+    family = classifier(model, optimizer, 1024, sampled=True)
     family.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, jump(factor))
     return family
 

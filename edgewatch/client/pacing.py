@@ -22,7 +22,6 @@ STEP_WINDOW = 101  # recent step times the median is taken over
 RECENT_STEPS = 9  # step times a slice's price is read against (the load of the moment)
 SLICE_STEPS = 1.0  # step times a slice may take, where HVPs are cheap (``slice_hvps``)
 MAX_SLICE_HVPS = 8  # HVPs a slice may run at most
-SETUP_SLICES = 1  # the run's first slice, slowed by one-off set-up, gives no price
 MEDIAN_EVERY = 16  # steps between recomputations of the median
 PLAN_AHEAD = 1024  # steps of planned LR kept in view (~3 ms to step a torch scheduler)
 REPLAN_GAP = 64  # steps between new views taken because the LR left the plan
@@ -92,8 +91,11 @@ class Spending:
     daemon's or the sender's thread holding the GIL; Python's ``timeit`` documentation
     gives the same reason), and what was charged at a dearer price is charged again at
     the lower one: spending only falls after the fact, and a run whose first slices were
-    all held up is not starved for the rest of it. The run's first slice (slowed by
-    one-off set-up: LAPACK, autograd's first double backward) gives no price. Other
+    all held up is not starved for the rest of it. The run's first slice, slowed by
+    one-off set-up (LAPACK, autograd's first double backward), gives a price too: a
+    dear one, soon undercut, but without it the first estimate's second slice would run
+    unpriced and uncapped (a cold estimate of 7 HVPs took 3.2% of a 400-step run at
+    2%, where an HVP costs about a training step). Other
     work (the plan view, a failed probe) and critical-sharpness searches are charged
     the seconds they took, in step times.
     """
@@ -101,7 +103,6 @@ class Spending:
     def __init__(self, ticks: StepClock) -> None:
         self.ticks = ticks
         self.units = 0  # probe graphs + HVPs of the λ_max slices
-        self.slices = 0
         self.other = 0.0  # step times of other work
         self.critical = 0.0  # step times of critical-sharpness searches
         self.early = 0.0  # seconds of other work before a step was timed
@@ -132,10 +133,9 @@ class Spending:
         self.seconds += seconds
         step = self.ticks.recent() if len(self.ticks.times) >= 3 else None
         if units:
-            if self.slices >= SETUP_SLICES and step is not None:
+            if step is not None:
                 self.lowest = min(self.lowest, seconds / units / step)
             self.units += units
-            self.slices += 1
         elif step is None:
             self.early += seconds
         elif critical:
