@@ -59,6 +59,9 @@ def test_a_killed_daemon_restarts_from_the_checkpoint_with_the_same_analysis(
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     before = _state(http, "long")
     assert before[0][:2] == ("running", STEPS - 1) and len(before[1]) >= 6
+    first_life = log.read_text()  # a new job: nothing was rebuilt
+    assert "job 'long': analysed by this daemon" in first_life, first_life[-3000:]
+    assert "analysis rebuilt" not in first_life, first_life[-3000:]
     daemon.send_signal(signal.SIGKILL)
     daemon.wait(10)
     daemon = start_daemon(db, port, http_port, log)  # same host and endpoint: its lease

@@ -203,10 +203,14 @@ class Ownership:
         lr = forecast.lr
         newest = None if lr is None else Reading(state.last_step, lr, state.loss, None)
         state.apply(newest, analysis.last_sharpness, forecast, analysis.changed_at)
+        if resume is None and analysis.last_seq == 0:  # a new job: nothing stored yet
+            log.info("job %r: analysed by this daemon", state.job_id)
+            return
         log.info(
-            "job %r: analysis rebuilt from %s in %.2fs",
+            "job %r: analysis rebuilt from %s to record %d in %.2fs",
             state.job_id,
             f"its checkpoint at record {since}" if resume is not None else "its first record",
+            analysis.last_seq,
             time.monotonic() - started,
         )
 
