@@ -103,6 +103,9 @@ def ensure(engine: Engine, now: float) -> list[str]:
             if name in existing:
                 continue
             lo, hi = day * DAY, (day + 1) * DAY
+            # No insert into the DEFAULT partition between moving its rows of this day
+            # out and attaching: the attach would find one and fail.
+            conn.execute(text(f"LOCK TABLE {DEFAULT} IN SHARE ROW EXCLUSIVE MODE"))
             conn.execute(text(f"CREATE TABLE {name} (LIKE steps INCLUDING DEFAULTS)"))
             conn.execute(
                 text(

@@ -48,10 +48,14 @@ class Retention:
         self.retain = retain
         self.counters = counters
         self.postgres = engine.dialect.name == "postgresql"
+        self._lock = threading.Lock()  # one pass at a time (the thread's, an embedder's)
 
     def run(self, now: float | None = None, stop: threading.Event | None = None) -> Dropped:
         """One pass, as if the time were ``now`` (default: the clock's)."""
-        now = time.time() if now is None else now
+        with self._lock:
+            return self._run(time.time() if now is None else now, stop)
+
+    def _run(self, now: float, stop: threading.Event | None) -> Dropped:
         if self.postgres:
             made = ensure(self.engine, now)
             if made:
