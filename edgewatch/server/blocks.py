@@ -206,8 +206,10 @@ class JobSummary:
         last_seq = conn.scalar(select(func.max(t.c.seq)).where(*in_run))
         if last_seq is None:
             return blocks
-        known = int(blocks.ids[-1]) + 1 if len(blocks) else 0
-        first = max(0, known - TAIL_BLOCKS)
+        if len(blocks):
+            first = max(0, int(blocks.ids[-1]) + 1 - TAIL_BLOCKS)
+        else:  # from the first row still stored (retention may have dropped the ones before)
+            first = int(conn.scalar(select(func.min(t.c.seq)).where(*in_run)) or 0) // BLOCK
         last = int(last_seq) // BLOCK
         rows: list[Any] = []
         if spec.dense:
