@@ -238,6 +238,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "job_expiry",
             "lease_seconds",
             "checkpoint_seconds",
+            "retain",
             "max_frame_bytes",
             "curve_secret_key",
             "curve_clients",
@@ -284,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--checkpoint-seconds", type=float, help="seconds between checkpoints of an analysis"
+    )
+    serve.add_argument(
+        "--retain",
+        type=float,
+        metavar="DAYS",
+        help="days of raw step records kept (default 0: all); summaries and alerts stay",
     )
     serve.add_argument("--max-frame-bytes", type=int, help="largest frame accepted")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")

@@ -8,18 +8,23 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import DaemonFactory, free_port, http_json
+from conftest import DaemonFactory, free_port, http_json, metric
+from test_retention import send
 from toy import run_toy
 
+from edgewatch.schemas import JobEnd, JobStart, OptimizerInfo, Step
+from edgewatch.server.partitions import DEFAULT, LIVE, day_name
 from edgewatch.server.process import spawn_daemon, wait_healthy
 from edgewatch.server.tables import Base
-from edgewatch.server.upgrade import BASE_REVISION, head_revision, upgrade
+from edgewatch.server.upgrade import BASE_REVISION, alembic_config, head_revision, upgrade
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pre_alembic.db"
 
@@ -126,3 +131,84 @@ def test_upgrades_racing_on_an_empty_postgresql_all_succeed(
         e.dispose()
     assert errors == []
     assert revision(postgres_url) == head_revision()
+
+
+def make_0002_database(url: str, now: float) -> None:
+    """A database as edgewatch wrote it at revision 0002: a finished job of 300 steps,
+    100 from today, 100 from three days ago, 100 with a clock at 1970."""
+    engine = sqlalchemy.create_engine(url)
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0002")
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO jobs (job_id, status, run, optimizer, rank, world_size, host, "
+                "pid, client_version, torch_version, budget, started_at, ended_at, last_seen, "
+                "last_step, last_loss, records, dropped) VALUES ('old', 'finished', 7, "
+                "'{\"kind\": \"SGD\", \"lr\": 0.1}', 0, 1, 'h', 42, '', '', 0.02, :t, :t, :t, "
+                "299, 1.0, 300, 0)"
+            ),
+            {"t": now},
+        )
+        walls = [now - 300 + i for i in range(100)]
+        walls += [now - 3 * 86_400 + i for i in range(100)]
+        walls += [1.0 + i for i in range(100)]
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO steps (job_pk, run, seq, step, wall_time, lr, loss, grad_norm) "
+                "VALUES (1, 7, :seq, :step, :wall, 0.1, :loss, 1.0)"
+            ),
+            [
+                {"seq": i + 1, "step": i, "wall": wall, "loss": 1.0 + i}
+                for i, wall in enumerate(walls)
+            ],
+        )
+    engine.dispose()
+
+
+def test_a_database_at_0002_upgrades_its_steps_into_retention(
+    db_url: str, make_daemon: DaemonFactory
+) -> None:
+    """Revision 0003 on a database written at 0002: every step still served; on
+    PostgreSQL each moved to its day's partition (1970 to the DEFAULT one), so that
+    retention drops the old days and keeps today's, on both databases."""
+    now = time.time()
+    make_0002_database(db_url, now)
+    daemon = make_daemon(db=db_url)
+    assert revision(db_url) == head_revision()
+    base = daemon.http_url
+    assert [s["step"] for s in http_json(base + "/api/jobs/old/steps")] == list(range(300))
+    if daemon.store.engine.dialect.name == "postgresql":
+        with daemon.store.engine.connect() as conn:
+            q = "SELECT count(*) FROM {}"
+            for table, rows in ((day_name(LIVE, int(now // 86_400)), 100), (DEFAULT, 100)):
+                assert conn.scalar(sqlalchemy.text(q.format(table))) == rows
+            three_days_ago = day_name(LIVE, int((now - 3 * 86_400) // 86_400))
+            assert conn.scalar(sqlalchemy.text(q.format(three_days_ago))) == 100
+    # A resend of stored steps is all duplicates, as before the upgrade.
+    start = JobStart(
+        job="old", run=7, seq=0, wall_time=now, host="h", pid=42,
+        optimizer=OptimizerInfo(kind="SGD", lr=0.1),
+    )  # fmt: skip
+    resent = [
+        Step(job="old", run=7, seq=i + 1, step=i, wall_time=wall, lr=0.1, loss=1.0 + i,
+             grad_norm=1.0)
+        for i, wall in ((0, now - 300), (150, now - 3 * 86_400 + 50), (299, 100.0))
+    ]  # fmt: skip
+    end = JobEnd(job="old", run=7, seq=301, step=300, wall_time=now)
+    assert send(daemon.endpoint, [start, *resent, end]) == (0, 3)
+
+    daemon.stop()
+
+    # Restarted with --retain 1: its first pass drops three days ago and 1970.
+    daemon = make_daemon(db=db_url, retain=1.0)
+    base = daemon.http_url
+    deadline = time.monotonic() + 30
+    while metric(daemon, "edgewatch_retention_rows_dropped_total") != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    steps = http_json(base + "/api/jobs/old/steps")
+    assert [s["step"] for s in steps] == list(range(100))
+    series = http_json(base + "/api/jobs/old/series")
+    assert (series["steps"]["rows"], series["first_step"], series["last_step"]) == (300, 0, 299)

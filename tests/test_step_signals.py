@@ -85,7 +85,8 @@ def test_sgd_reports_no_moment_ratio(daemon: Daemon) -> None:
 def test_a_database_of_an_earlier_version_gains_the_new_column(tmp_path: Path) -> None:
     # The versions before moment_ratio made their tables with create_all and kept no
     # alembic_version table: such a database is made here by dropping both, and the
-    # tables of later revisions (several daemons' leases and checkpoints).
+    # tables of later revisions (several daemons' leases and checkpoints, retention's
+    # step_blocks).
     url = f"sqlite:///{tmp_path / 'old.db'}"
     Store(url).close()
     engine = sqlalchemy.create_engine(url)
@@ -94,6 +95,7 @@ def test_a_database_of_an_earlier_version_gains_the_new_column(tmp_path: Path) -
         conn.execute(sqlalchemy.text("DROP TABLE alembic_version"))
         conn.execute(sqlalchemy.text("DROP TABLE checkpoints"))
         conn.execute(sqlalchemy.text("DROP TABLE leases"))
+        conn.execute(sqlalchemy.text("DROP TABLE step_blocks"))
     columns = {c["name"] for c in sqlalchemy.inspect(engine).get_columns("steps")}
     assert "moment_ratio" not in columns
     engine.dispose()

@@ -12,6 +12,11 @@ the last ``TAIL_BLOCKS`` blocks and reads any new ones; a record that arrives mo
 the summary until the daemon restarts, while the rows themselves are all still served
 raw when a chart zooms in. Summaries of long jobs are built in the background
 (``SeriesCache.warm``), so that their page loads without waiting for the first build.
+
+Step rows that retention dropped (README, "Retention") live on as their blocks in the
+``step_blocks`` table (``archive.py``); a job's step summary is those blocks merged with
+the ones summarised from the rows still stored, and ``RunBlocks.archived`` says how many
+of a block's rows are gone, so that ``series.py`` answers from the blocks there.
 """
 
 from __future__ import annotations
@@ -26,11 +31,10 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import ColumnElement, Connection, Table, bindparam, func, select
 
+from edgewatch.server.archive import BLOCK, BOUNDS, COLUMNS
 from edgewatch.server.store import Store
-from edgewatch.server.tables import SharpnessRow, StepRow
+from edgewatch.server.tables import SharpnessRow, StepBlockRow, StepRow
 
-BLOCK = 256
-"""Sequence numbers per block."""
 TAIL_BLOCKS = 64
 """Blocks re-read at each refresh: where late (resent) records may still land."""
 SPARSE_CHUNK = 256
@@ -94,6 +98,12 @@ class RunBlocks:
     step_hi: I64
     mins: F64  # (blocks, columns); NaN where every value was NULL
     maxs: F64
+    archived: I64 = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Rows of each block that retention dropped (``step_blocks``); empty: none."""
+
+    def __post_init__(self) -> None:
+        if len(self.archived) != len(self.ids):
+            self.archived = np.zeros(len(self.ids), dtype=np.int64)
 
     @classmethod
     def empty(cls, columns: int) -> RunBlocks:
@@ -111,7 +121,7 @@ class RunBlocks:
         return RunBlocks(
             *(
                 np.concatenate([getattr(self, name)[:keep], getattr(new, name)])
-                for name in ("ids", "count", "step_lo", "step_hi", "mins", "maxs")
+                for name in ("ids", "count", "step_lo", "step_hi", "mins", "maxs", "archived")
             )
         )
 
@@ -148,7 +158,11 @@ class JobSummary:
         self.job_pk = job_pk
         self.lock = threading.Lock()
         self.runs: dict[str, dict[int, RunBlocks]] = {name: {} for name in SPECS}
+        self.live: dict[str, dict[int, RunBlocks]] = {name: {} for name in SPECS}
+        """Summaries of the rows still stored; ``runs`` adds the archived steps."""
+        self.archive: dict[int, RunBlocks] = {}
         self.seen_records: int | None = None  # the job's record count at the last refresh
+        self.seen_archived: int | None = None  # its archived step rows at the last refresh
 
     def snapshot(self) -> dict[str, dict[int, RunBlocks]]:
         """Each table's runs as they are now (RunBlocks are replaced, never edited)."""
@@ -161,15 +175,28 @@ class JobSummary:
 
     def refresh(self, store: Store, records: int | None) -> None:
         """Read what is new since the last refresh (nothing when ``records``, the job's
-        stored-record count, has not changed). Call with ``lock`` held."""
-        if records is not None and records == self.seen_records:
-            return
+        stored-record count, and the archived rows have not changed). Call with ``lock``
+        held."""
         with store.engine.connect() as conn:
+            archived = archived_rows(conn, self.job_pk)
+            if records is not None and (records, archived) == (
+                self.seen_records,
+                self.seen_archived,
+            ):
+                return
+            if archived != self.seen_archived:
+                # Retention moved rows from the table to the archive: read both afresh.
+                self.archive = load_archive(conn, self.job_pk) if archived else {}
+                self.live["steps"] = {}
             for name, spec in SPECS.items():
                 for run in _runs(conn, spec.table, self.job_pk):
-                    blocks = self.runs[name].get(run) or RunBlocks.empty(len(spec.columns))
-                    self.runs[name][run] = self._refresh_run(conn, spec, run, blocks)
-        self.seen_records = records
+                    blocks = self.live[name].get(run) or RunBlocks.empty(len(spec.columns))
+                    self.live[name][run] = self._refresh_run(conn, spec, run, blocks)
+        runs = {name: dict(live) for name, live in self.live.items()}
+        for run, blocks in self.archive.items():
+            runs["steps"][run] = merge_archived(blocks, runs["steps"].get(run))
+        self.runs = runs
+        self.seen_records, self.seen_archived = records, archived
 
     def _refresh_run(
         self, conn: Connection, spec: TableSpec, run: int, blocks: RunBlocks
@@ -179,8 +206,10 @@ class JobSummary:
         last_seq = conn.scalar(select(func.max(t.c.seq)).where(*in_run))
         if last_seq is None:
             return blocks
-        known = int(blocks.ids[-1]) + 1 if len(blocks) else 0
-        first = max(0, known - TAIL_BLOCKS)
+        if len(blocks):
+            first = max(0, int(blocks.ids[-1]) + 1 - TAIL_BLOCKS)
+        else:  # from the first row still stored (retention may have dropped the ones before)
+            first = int(conn.scalar(select(func.min(t.c.seq)).where(*in_run)) or 0) // BLOCK
         last = int(last_seq) // BLOCK
         rows: list[Any] = []
         if spec.dense:
@@ -203,6 +232,58 @@ class JobSummary:
                 bounds = {"lo": chunk * BLOCK, "hi": (chunk + SPARSE_CHUNK) * BLOCK}
                 rows += conn.execute(query, bounds).all()
         return blocks.replaced_from(first, RunBlocks.from_rows(rows, len(spec.columns)))
+
+
+def archived_rows(conn: Connection, job_pk: int) -> int:
+    """How many of the job's step rows retention dropped: a summary changes when it does."""
+    t = StepBlockRow.__table__
+    query = select(func.coalesce(func.sum(t.c["count"]), 0)).where(t.c.job_pk == job_pk)
+    return int(conn.scalar(query) or 0)
+
+
+def load_archive(conn: Connection, job_pk: int) -> dict[int, RunBlocks]:
+    """The job's archived blocks by run, in block order."""
+    t = StepBlockRow.__table__
+    query = (
+        select(
+            t.c.run, t.c.block, t.c["count"], t.c.step_lo, t.c.step_hi, *(t.c[n] for n in BOUNDS)
+        )
+        .where(t.c.job_pk == job_pk)
+        .order_by(t.c.run, t.c.block)
+    )
+    by_run: dict[int, list[tuple[object, ...]]] = {}
+    for row in conn.execute(query):
+        by_run.setdefault(int(row[0]), []).append(tuple(row[1:]))
+    out = {}
+    for run, rows in by_run.items():
+        blocks = RunBlocks.from_rows(rows, len(COLUMNS))
+        blocks.archived = blocks.count.copy()
+        out[run] = blocks
+    return out
+
+
+def merge_archived(archived: RunBlocks, live: RunBlocks | None) -> RunBlocks:
+    """One run's blocks: the archived ones and the live ones, a block in both summed."""
+    if live is None or not len(live):
+        return archived
+    parts = (archived, live)
+    ids = np.concatenate([p.ids for p in parts])
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+
+    def cat(name: str) -> Any:
+        return np.concatenate([getattr(p, name) for p in parts])[order]
+
+    return RunBlocks(
+        ids=ids[starts],
+        count=np.add.reduceat(cat("count"), starts),
+        step_lo=np.minimum.reduceat(cat("step_lo"), starts),
+        step_hi=np.maximum.reduceat(cat("step_hi"), starts),
+        mins=np.fmin.reduceat(cat("mins"), starts, axis=0),
+        maxs=np.fmax.reduceat(cat("maxs"), starts, axis=0),
+        archived=np.add.reduceat(cat("archived"), starts),
+    )
 
 
 def _runs(conn: Connection, t: Table, job_pk: int) -> list[int]:

@@ -70,6 +70,10 @@ class Settings:
     checkpoint_seconds: float = 10.0
     """Seconds between checkpoints of a job's analysis (written with the commit of its
     records): a restart or a takeover replays at most about this much of a job."""
+    retain: float = 0.0
+    """Days of raw step records kept; 0 keeps everything. Older steps are dropped (on
+    PostgreSQL a day's partition at a time, on SQLite those of finished jobs), while each
+    job's block summaries, sharpness estimates, events and alerts stay (README, "Retention")."""
     log_level: str = "INFO"
     curve_secret_key: str = ""
     """The daemon's CURVE certificate (``edgewatch keygen server`` writes
@@ -120,6 +124,8 @@ class Settings:
         for name in ("commit_interval", "job_expiry", "lease_seconds", "checkpoint_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if not 0 <= self.retain < math.inf:
+            raise ConfigError(f"retain must be >= 0 days (0 keeps everything), got {self.retain!r}")
         for name in ("commit_rows", "max_frame_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")

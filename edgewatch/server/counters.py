@@ -20,6 +20,10 @@ class DaemonCounters:
     rejected: Counter[str] = dataclasses.field(default_factory=Counter)
     ingest_lag_seconds: float = 0.0
     commits: int = 0
+    retention_partitions: int = 0
+    """Step partitions dropped by retention (PostgreSQL)."""
+    retention_rows: int = 0
+    """Step rows dropped by retention (their block summaries kept)."""
 
 
 class RateLimitedLog:

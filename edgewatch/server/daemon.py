@@ -22,6 +22,7 @@ from edgewatch.server.counters import DaemonCounters
 from edgewatch.server.http import ApiContext, make_http_server, serve_in_thread
 from edgewatch.server.ingest import Ingest
 from edgewatch.server.metrics import make_registry
+from edgewatch.server.retention import Retention
 from edgewatch.server.state import JobTable
 from edgewatch.server.store import Store
 
@@ -54,6 +55,10 @@ class Daemon:
         self._ingest_thread = threading.Thread(
             target=self.ingest.run, args=(self._stop,), name="edgewatch-ingest", daemon=True
         )
+        self.retention = Retention(self.store.engine, settings.retain, self.counters)
+        self._retention_thread = threading.Thread(
+            target=self.retention.loop, args=(self._stop,), name="edgewatch-retention", daemon=True
+        )
 
     def _rebuild_analyses(self) -> None:
         """Take the jobs no other live daemon holds and rebuild the analysis of each
@@ -74,6 +79,7 @@ class Daemon:
 
     def start(self) -> Daemon:
         self._ingest_thread.start()
+        self._retention_thread.start()
         serve_in_thread(self.http)
         self.ingest.ready.wait(5)
         if self.settings.curve_secret_key:
@@ -96,6 +102,8 @@ class Daemon:
         self._stop.set()
         if self._ingest_thread.is_alive():
             self._ingest_thread.join(timeout)
+        if self._retention_thread.is_alive():
+            self._retention_thread.join(timeout)
         self.http.shutdown()
         self.http.server_close()
         self.context.term()

@@ -158,6 +158,18 @@ class EdgewatchCollector(Collector):
         )
         lag.add_metric([], c.ingest_lag_seconds)
         yield lag
+        partitions = CounterMetricFamily(
+            "edgewatch_retention_partitions_dropped",
+            "Step partitions older than the retain setting dropped (PostgreSQL).",
+        )
+        partitions.add_metric([], c.retention_partitions)
+        yield partitions
+        rows = CounterMetricFamily(
+            "edgewatch_retention_rows_dropped",
+            "Step rows older than the retain setting dropped; their block summaries stay.",
+        )
+        rows.add_metric([], c.retention_rows)
+        yield rows
         count = GaugeMetricFamily("edgewatch_jobs", "Jobs shown on /metrics (not yet expired).")
         count.add_metric([], len(jobs))
         yield count

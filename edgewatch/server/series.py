@@ -8,7 +8,9 @@ Three ways to a range, cheapest first, chosen from the job's block summary (``bl
   sequence numbers), not downsampled;
 - at least one block per bucket: buckets from the blocks, no rows read;
 - in between (a zoom into a long job): one GROUP BY over the rows in range, at most
-  ``points`` x 256 of them.
+  ``points`` x 256 of them;
+- where retention dropped rows (README, "Retention"): from the blocks, whatever the zoom,
+  so a dropped stretch shows at most one bucket per 256 sequence numbers.
 
 A downsampled bucket is two points, at its first and last step: the min and the max of
 each column, in the order the curve travels (rising: min first), so that a monotone curve
@@ -29,7 +31,8 @@ from edgewatch.monitor.plan import LRPlan
 from edgewatch.monitor.thresholds import threshold_for
 from edgewatch.schemas import CRITICAL_METHOD
 from edgewatch.server.analysis import plan_from_detail
-from edgewatch.server.blocks import BLOCK, F64, I64, SPECS, RunBlocks, SeriesCache, TableSpec
+from edgewatch.server.archive import BLOCK
+from edgewatch.server.blocks import F64, I64, SPECS, RunBlocks, SeriesCache, TableSpec
 from edgewatch.server.rows import PLAN_EVENT
 from edgewatch.server.state import JobState
 from edgewatch.server.store import Store
@@ -88,7 +91,10 @@ def _table_series(
     chosen = {run: _overlapping(b, start, end) for run, b in runs.items()}
     chosen = {run: b for run, b in chosen.items() if len(b)}
     at_most = sum(int(b.count.sum()) for b in chosen.values())  # the edge blocks in full
-    if end < start or at_most <= 2 * points + 2 * BLOCK * len(chosen):
+    if end >= start and any(b.archived.any() for b in chosen.values()):
+        # Retention dropped rows here: their blocks are all that is left of them.
+        buckets = _from_blocks(chosen.values(), start, end, points)
+    elif end < start or at_most <= 2 * points + 2 * BLOCK * len(chosen):
         steps, values = _rows(store, spec, state.pk, chosen, start, end)
         if len(steps) <= 2 * points:
             return _raw_json(spec, state, steps, values)

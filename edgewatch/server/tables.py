@@ -4,6 +4,11 @@ Record tables are keyed by (job, run, seq): the client's delivery key, so that a
 resent record is a conflict the insert ignores, never a second row. On SQLite they
 are WITHOUT ROWID tables, so that key is the only B-tree an insert has to update.
 
+On PostgreSQL the step table is partitioned by day of ``wall_time`` (revision 0003,
+``server/partitions.py``), and a partitioned table's primary key must hold the partition
+key: there it is (job, run, seq, wall_time). A resent record carries the wall time it was
+sent with, so it meets its stored copy in the same partition and is still a conflict.
+
 The schema is made and changed by the Alembic revisions in ``migrations/versions/``
 (run by ``upgrade.py`` at start): a change here goes with a new revision there.
 """
@@ -132,6 +137,29 @@ class AlertRow(_RecordKey, Base):
     recommended_warmup_steps: Mapped[int] = mapped_column(BigInteger, default=0)
     reason: Mapped[str] = mapped_column(Text, default="")
     resume_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class StepBlockRow(Base):
+    """What retention dropped of a job's steps, in the blocks of 256 sequence numbers that
+    the web page's charts read (``server/blocks.py``): each block's count, step range and
+    the min and max of each charted column over its rows that are gone. The rows still
+    stored are summarised live and merged with this (``server/archive.py``)."""
+
+    __tablename__ = "step_blocks"
+    __table_args__ = _WITHOUT_ROWID
+
+    job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.pk"), primary_key=True)
+    run: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    step_lo: Mapped[int] = mapped_column(BigInteger)
+    step_hi: Mapped[int] = mapped_column(BigInteger)
+    lr_min: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lr_max: Mapped[float | None] = mapped_column(Float, nullable=True)
+    loss_min: Mapped[float | None] = mapped_column(Float, nullable=True)
+    loss_max: Mapped[float | None] = mapped_column(Float, nullable=True)
+    grad_norm_min: Mapped[float | None] = mapped_column(Float, nullable=True)
+    grad_norm_max: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class LeaseRow(Base):
