@@ -68,7 +68,7 @@ def test_a_spec_and_a_result_survive_json() -> None:
 
 
 def test_monitors_for_two_budgets_watch_one_run_without_changing_it(daemon: Daemon) -> None:
-    # Heavy ball: its first estimate is at step 0 (an Adam-type run's may wait for the
+    # Heavy ball: its first estimate is at step 3 (an Adam-type run's may wait for the
     # second moment to settle, 50 steps).
     spec = dataclasses.replace(fast_cnn.run(0, 0.01), steps=30)
     bare = run(spec, None, ())

@@ -76,7 +76,7 @@ class CurvatureSchedule:
     estimate starts for a reason, counted in ``mon.stats``; the daemon multiplies the last
     usable one by the *planned* LR, so one recent enough must precede each rise of the plan:
     - ``first``: the first estimate the forecast can use, as soon as it can use one:
-      step 0 for SGD and heavy ball (is the plan safe from the start?); step
+      step 3 for SGD and heavy ball (is the plan safe from the start?); step
       ``settle_steps`` (50) for Adam-type optimizers, whose earlier preconditioned
       estimates the forecast leaves out (Cohen et al. 2022, arXiv 2207.14484). A too-hot
       Adam start shows in the loss within steps, which the daemon reads.
@@ -221,9 +221,10 @@ class CurvatureSchedule:
 
     def _why(self, stirred: bool, lr: float | None) -> Reason | None:
         if self.tracker.last is None:
-            # Adam's estimates before settle_steps are left out of the forecast.
+            # Adam's estimates before settle_steps are left out of the forecast; before a
+            # few steps are timed a slice has no price (benchmark v4, bench/RESULTS.md).
             ready = not self.adam or self.step >= self.settle_steps
-            return "first" if ready else None
+            return "first" if ready and self.ticks.timed else None
         cost = self.expected_cost()
         free = self.free()
         # A rise goes first: what is free buys at least a slice (``_hvp_cap`` ends it).
@@ -333,9 +334,8 @@ class CurvatureSchedule:
             )
         seconds = time.perf_counter() - start
         self.spending.charge(seconds, critical=True)
-        self.critical_cost = seconds if not self.critical_cost else (
-            0.7 * self.critical_cost + 0.3 * seconds
-        )  # fmt: skip
+        before = self.critical_cost  # a running mean, from the first search's seconds
+        self.critical_cost = 0.7 * before + 0.3 * seconds if before else seconds
         self.last_critical = self.step
         self.critical_searches += 1
         return result, seconds

@@ -19,6 +19,7 @@ from edgewatch.monitor.plan import lr_moved
 log = logging.getLogger("edgewatch.client")
 
 STEP_WINDOW = 101  # recent step times the median is taken over
+TIMED_STEPS = 3  # step times read before a price is (the first three are set-up's too)
 RECENT_STEPS = 9  # step times a slice's price is read against (the load of the moment)
 SLICE_STEPS = 1.0  # step times a slice may take, where HVPs are cheap (``slice_hvps``)
 MAX_SLICE_HVPS = 8  # HVPs a slice may run at most
@@ -60,6 +61,11 @@ class StepClock:
             self.times.append(max(now - self.last - work, 0.0))
             self._age += 1
         self.last = now
+
+    @property
+    def timed(self) -> bool:
+        """Enough steps timed for curvature work to be priced in step times."""
+        return len(self.times) >= TIMED_STEPS
 
     def recent(self) -> float | None:
         """The median of the last RECENT_STEPS step times (None before one)."""
@@ -131,7 +137,7 @@ class Spending:
     def charge(self, seconds: float, units: int = 0, critical: bool = False) -> None:
         """Work of ``seconds``: a λ_max slice of ``units``, or other work."""
         self.seconds += seconds
-        step = self.ticks.recent() if len(self.ticks.times) >= 3 else None
+        step = self.ticks.recent() if self.ticks.timed else None
         if units:
             if step is not None:
                 self.lowest = min(self.lowest, seconds / units / step)
