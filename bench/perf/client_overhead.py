@@ -110,7 +110,7 @@ def main() -> None:
     print(
         header(
             "Client cost per step (CPU)",
-            f"make bench-client  (bench/perf/client_overhead.py --block {args.block} "
+            f"make bench-client  (python -m bench.perf.client_overhead --block {args.block} "
             f"--blocks {args.blocks} --width {args.width})",
         )
     )

@@ -128,7 +128,7 @@ def _quantile(values: list[float], q: float) -> float:
 
 def report(loops: list[Loop], args: argparse.Namespace) -> None:
     print(header("Step times with and without edgewatch, nanoGPT-sized transformer (CPU)",
-                 f"make bench-client  (bench/perf/client_steps.py --steps {args.steps} "
+                 f"make bench-client  (python -m bench.perf.client_steps --steps {args.steps} "
                  f"--block {args.block})"))  # fmt: skip
     params = sum(p.numel() for p in loops[0].model.parameters())
     print(

@@ -281,7 +281,7 @@ def main() -> None:
     print(
         header(
             "Curvature: HVPs to 1% error, and training overhead",
-            "make bench-curvature  (bench/perf/curvature.py"
+            "make bench-curvature  (python -m bench.perf.curvature"
             + (" --quick" if q else "")
             + (f" --only {args.only}" if args.only else "")
             + ")",

@@ -261,7 +261,7 @@ def main() -> None:
         header(
             "Ingest: N clients to committed rows, next to the raw insert rate",
             "make bench-ingest  "
-            f"(bench/perf/ingest.py --clients {args.clients} --records {args.records}"
+            f"(python -m bench.perf.ingest --clients {args.clients} --records {args.records}"
             + (f" --paced {args.paced}" if args.paced else "")
             + ")",
         )

@@ -178,7 +178,8 @@ def main() -> None:
     sizes = [int(s) for s in args.steps.split(",")]
     engine_name = "PostgreSQL" if args.postgres else "SQLite"
     command = (
-        f"bench/perf/restart.py --steps {args.steps} --checkpoint-seconds {args.checkpoint_seconds}"
+        f"python -m bench.perf.restart --steps {args.steps} "
+        f"--checkpoint-seconds {args.checkpoint_seconds}"
     )
     command += " --postgres" if args.postgres else ""
     print(header(f"Restart time against stored job length ({engine_name})", command))
