@@ -1,18 +1,22 @@
-"""Helpers shared by the benchmarks: machine description, a daemon in its own process."""
+"""Helpers shared by the two benchmark packages (``bench.perf``, ``bench.instability``):
+machine description, a daemon in its own process, a throwaway PostgreSQL database."""
 
 from __future__ import annotations
 
 import datetime
 import os
 import platform
-import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import sqlalchemy
 
 from edgewatch.server.process import spawn_daemon, wait_healthy
+from edgewatch_testkit.net import free_port
+
+OUT = Path(__file__).resolve().parent / "out"  # bench/out/: reports and saved runs
 
 PG_ADMIN_URL = os.environ.get(
     "EDGEWATCH_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -34,12 +38,6 @@ def machine() -> str:
 def header(title: str, command: str) -> str:
     today = datetime.date.today().isoformat()
     return f"### {title}\n\n{today} · {machine()} · `{command}`\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 DAEMON_PIDS: list[int] = []  # of the daemons daemon_process started, newest last

@@ -1,12 +1,10 @@
 """Shared fixtures: real daemons on free ports, real SQLite under tmp_path, and a
-throwaway database on the local PostgreSQL when one is reachable."""
+throwaway database on the local PostgreSQL when one is reachable. What the benchmarks
+use too (free ports, the toy runs, the models) is in ``edgewatch_testkit/``."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,17 +18,6 @@ from edgewatch.server import Daemon, Settings
 PG_ADMIN_URL = os.environ.get(
     "EDGEWATCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
 
 
 def metric(daemon: Daemon, name: str, **labels: str) -> float | None:

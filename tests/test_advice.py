@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import DaemonFactory, http_json
-from toy import warmup_past_the_edge
+from conftest import DaemonFactory
 
 import edgewatch
 from edgewatch.cli import main
+from edgewatch_testkit.net import http_json
+from edgewatch_testkit.toy import warmup_past_the_edge
 
 JUMP, JUMP_STEPS, STEPS = 300, 6, 700
 

@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-import stack
-from conftest import DaemonFactory, http_json
-from toy import warmup_past_the_edge
+from conftest import DaemonFactory
+
+from edgewatch_testkit import stack
+from edgewatch_testkit.net import http_json
+from edgewatch_testkit.toy import warmup_past_the_edge
 
 pytestmark = pytest.mark.skipif(bool(stack.missing()), reason=stack.skip_reason())
 

@@ -1,4 +1,5 @@
-"""The benchmark's families and harness (bench/families, bench/harness.py): every family
+"""The benchmark's families and harness (bench/instability/families,
+bench/instability/harness.py): every family
 builds deterministic runs, and the harness trains a run once under one monitor per
 budget, through a real daemon, without changing it."""
 
@@ -7,20 +8,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
+from bench.instability.families import (
+    FAMILIES,
+    RunSpec,
+    build,
+    char_gpt,
+    digits_mlp,
+    fast_cnn,
+    fast_gru,
+    fast_mlp,
+)
+from bench.instability.harness import RunClock, RunResult, run
+from bench.instability.scoring import excursions, scored
 from edgewatch.server import Daemon
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from families import FAMILIES, RunSpec, build, char_gpt, digits_mlp, fast_cnn, fast_gru, fast_mlp
-from harness import RunClock, RunResult, run
-from scoring import excursions, scored
 
 FAST = (fast_cnn, fast_mlp, fast_gru)
 

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import sqlalchemy
-from conftest import free_port
 from test_daemon_process import start_daemon
+
+from edgewatch_testkit import child_env
+from edgewatch_testkit.net import free_port
 
 CLIENTS = 8
 STEPS = 125_000  # per client: 1,000,000 in all
@@ -21,8 +23,7 @@ KILLS = 3
 
 CLIENT = """
 import sys
-sys.path.insert(0, {tests!r})
-from toy import run_toy
+from edgewatch_testkit.toy import run_toy
 mon = run_toy({job!r}, {endpoint!r}, {steps}, close_timeout=180)
 stats = mon.stats
 print(stats, flush=True)
@@ -38,16 +39,16 @@ def test_sigkilled_daemon_loses_no_acknowledged_step_and_stores_none_twice(
     endpoint = f"tcp://127.0.0.1:{port}"
     log = tmp_path / "daemon.log"
     daemon = start_daemon(db, port, http_port, log)
-    tests = str(Path(__file__).parent)
     clients = [
         subprocess.Popen(
             [
                 sys.executable,
                 "-c",
-                CLIENT.format(tests=tests, job=f"chaos-{i}", endpoint=endpoint, steps=STEPS),
+                CLIENT.format(job=f"chaos-{i}", endpoint=endpoint, steps=STEPS),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            env=child_env(),
         )
         for i in range(CLIENTS)
     ]

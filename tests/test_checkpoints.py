@@ -17,19 +17,20 @@ from typing import Any
 
 import pytest
 import sqlalchemy
-from conftest import DaemonFactory, free_port, http_json
+from conftest import DaemonFactory
 from test_daemon_process import start_daemon
-from toy import run_spiky
 
 from edgewatch.server.replay import replay_stored
 from edgewatch.server.store import Store
+from edgewatch_testkit import child_env
+from edgewatch_testkit.net import free_port, http_json
+from edgewatch_testkit.toy import run_spiky
 
 STEPS = 6_000
 
 CLIENT = """
-import os, sys
-sys.path.insert(0, {tests!r})
-from toy import run_spiky
+import os
+from edgewatch_testkit.toy import run_spiky
 run_spiky({job!r}, {endpoint!r}, {steps}, close=False)
 os._exit(0)  # no JobEnd: the job is still running when its daemon is killed
 """
@@ -51,12 +52,11 @@ def test_a_killed_daemon_restarts_from_the_checkpoint_with_the_same_analysis(
     monkeypatch.setenv("EDGEWATCH_CHECKPOINT_SECONDS", "0.2")
     daemon = start_daemon(db, port, http_port, log)
     script = CLIENT.format(
-        tests=str(Path(__file__).parent),
         job="long",
         endpoint=f"tcp://127.0.0.1:{port}",
         steps=STEPS,
     )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120, env=child_env())
     before = _state(http, "long")
     assert before[0][:2] == ("running", STEPS - 1) and len(before[1]) >= 6
     first_life = log.read_text()  # a new job: nothing was rebuilt

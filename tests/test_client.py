@@ -7,11 +7,12 @@ import time
 
 import pytest
 import torch
-from conftest import free_port, metric
-from toy import run_toy
+from conftest import metric
 
 import edgewatch
 from edgewatch.server import Daemon
+from edgewatch_testkit.net import free_port
+from edgewatch_testkit.toy import run_toy
 
 
 def sgd() -> torch.optim.SGD:

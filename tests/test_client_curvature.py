@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import http_json, metric
-from curvature_problems import Problem, make_problem
+from conftest import metric
 
 import edgewatch
 from edgewatch.client.curvature import CurvatureSchedule
 from edgewatch.server import Daemon
+from edgewatch_testkit.curvature_problems import Problem, make_problem
+from edgewatch_testkit.net import http_json
 
 
 def train_until(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from curvature_problems import make_problem
 
 from edgewatch.monitor import (
     NotConvergedWarning,
@@ -14,6 +13,7 @@ from edgewatch.monitor import (
     top_eigenvalue,
     update_curvature,
 )
+from edgewatch_testkit.curvature_problems import make_problem
 
 PROBLEMS = [(k, s) for k in ("mse", "ce") for s in ("init", "trained", "eos")]
 

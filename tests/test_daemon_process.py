@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import sqlalchemy
-from conftest import free_port, http_json
-from toy import run_toy
 
 import edgewatch
 from edgewatch.server.process import spawn_daemon, wait_healthy
+from edgewatch_testkit.net import free_port, http_json
+from edgewatch_testkit.toy import run_toy
 
 
 def start_daemon(db: str, port: int, http_port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import stack
 import yaml
-from toy import run_toy
 
 from edgewatch.server import Daemon
+from edgewatch_testkit import stack
+from edgewatch_testkit.toy import run_toy
 
 needs_tools = pytest.mark.skipif(bool(stack.missing()), reason=stack.skip_reason())
 DASHBOARD = stack.DEPLOY / "grafana" / "dashboards" / "edgewatch.json"

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import sqlalchemy
 import torch
-from conftest import free_port
 
 import edgewatch
 from edgewatch.client.arguments import endpoint_list
 from edgewatch.server.process import spawn_daemon, wait_healthy
+from edgewatch_testkit.net import free_port
 
 STEPS = 600
 

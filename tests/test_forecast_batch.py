@@ -10,12 +10,12 @@ import time
 
 import pytest
 import zmq
-from conftest import http_json
 
 from edgewatch.monitor import JobForecast, compress
 from edgewatch.monitor.forecast import PredictorSettings
 from edgewatch.schemas import AnyRecord, Batch, JobStart, OptimizerInfo, Step, encode
 from edgewatch.server import Daemon
+from edgewatch_testkit.net import http_json
 
 ON = PredictorSettings(
     grad_excursion=2.0, update_excursion=2.5, moment_excursion=3.0, recover_steps=30

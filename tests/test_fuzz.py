@@ -1,7 +1,7 @@
 """Property-based fuzzing of the decoder, the record checks and a live daemon.
 
 Whatever arrives, the daemon answers with a counted rejection or stores what is valid,
-and never raises. bench/fuzz.py (`make bench-fuzz`) sends 100,000 generated frames.
+and never raises. bench/perf/fuzz.py (`make bench-fuzz`) sends 100,000 generated frames.
 """
 
 from __future__ import annotations

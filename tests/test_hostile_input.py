@@ -11,10 +11,10 @@ import msgspec
 import pytest
 import zmq
 from conftest import metric
-from toy import run_toy
 
 from edgewatch.schemas import Ack, Batch, JobStart, Nack, OptimizerInfo, Step, decode_reply, encode
 from edgewatch.server import Daemon
+from edgewatch_testkit.toy import run_toy
 
 
 @pytest.fixture

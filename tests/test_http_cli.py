@@ -10,11 +10,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import free_port, http_json
-from toy import loss_at, lr_at, run_toy
 
 from edgewatch.cli import main
 from edgewatch.server import Daemon
+from edgewatch_testkit.net import free_port, http_json
+from edgewatch_testkit.toy import loss_at, lr_at, run_toy
 
 
 @pytest.fixture

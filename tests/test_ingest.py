@@ -7,9 +7,9 @@ import threading
 
 import sqlalchemy
 from conftest import DaemonFactory, metric
-from toy import expected_grad_norm, loss_at, lr_at, run_toy
 
 from edgewatch.server import Daemon
+from edgewatch_testkit.toy import expected_grad_norm, loss_at, lr_at, run_toy
 
 
 def stored_steps(daemon: Daemon, job: str) -> list[tuple[int, float, float, float]]:

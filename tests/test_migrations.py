@@ -16,15 +16,16 @@ import sqlalchemy
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import DaemonFactory, free_port, http_json, metric
+from conftest import DaemonFactory, metric
 from test_retention import send
-from toy import run_toy
 
 from edgewatch.schemas import JobEnd, JobStart, OptimizerInfo, Step
 from edgewatch.server.partitions import DEFAULT, LIVE, day_name
 from edgewatch.server.process import spawn_daemon, wait_healthy
 from edgewatch.server.tables import Base
 from edgewatch.server.upgrade import BASE_REVISION, alembic_config, head_revision, upgrade
+from edgewatch_testkit.net import free_port, http_json
+from edgewatch_testkit.toy import run_toy
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pre_alembic.db"
 

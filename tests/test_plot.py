@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import DaemonFactory
 from test_prediction import QUADRATIC
-from toy import warmup_past_the_edge
 
 from edgewatch.cli import main
+from edgewatch_testkit.toy import warmup_past_the_edge
 
 
 def test_plot_writes_a_png_of_the_job(

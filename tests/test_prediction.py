@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DaemonFactory, http_json, metric
-from toy import warmup_past_the_edge
+from conftest import DaemonFactory, metric
 
 import edgewatch
 from edgewatch.cli import main
+from edgewatch_testkit.net import http_json
+from edgewatch_testkit.toy import warmup_past_the_edge
 
 # A quadratic has none of a network's catapult headroom: the forecast alarms at its limit.
 QUADRATIC = {"forecast_margin": 1.0}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from conftest import http_json
 
 import edgewatch
 from edgewatch.server import Daemon
+from edgewatch_testkit.net import http_json
 
 
 def test_the_preflight_report_reaches_the_api(daemon: Daemon) -> None:

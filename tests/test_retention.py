@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy
 import zmq
-from conftest import DaemonFactory, http_json, metric
+from conftest import DaemonFactory, metric
 
 from edgewatch.schemas import (
     Ack,
@@ -30,6 +30,7 @@ from edgewatch.schemas import (
 from edgewatch.server import Daemon
 from edgewatch.server.counters import DaemonCounters
 from edgewatch.server.retention import Retention
+from edgewatch_testkit.net import http_json
 
 DAY = 86_400
 LR = 0.1  # SGD: the threshold is 2/LR = 20

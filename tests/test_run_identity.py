@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import metric
-from toy import loss_at, run_toy
 
 import edgewatch
 from edgewatch.client import monitor as client_monitor
 from edgewatch.server import Daemon
+from edgewatch_testkit.toy import loss_at, run_toy
 
 STEPS = 300
 

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import torch
 import transformers
-from conftest import http_json
 from torch.optim import lr_scheduler as sched
 
 import edgewatch
 from edgewatch.client.schedule import PlanSource
 from edgewatch.monitor import compress
 from edgewatch.server import Daemon
+from edgewatch_testkit.net import http_json
 
 SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer], Any]] = {
     "sequential": lambda o: sched.SequentialLR(

@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import http_json
-from curvature_problems import TinyGPT, next_token_loss
 from torch import nn
 
 import edgewatch
 from edgewatch.server import Daemon
+from edgewatch_testkit.gpt import GPT, next_token_loss
+from edgewatch_testkit.net import http_json
 
 STEPS = 400
 JUMP_AT = 250
@@ -150,7 +150,7 @@ def gru(factor: float) -> Family:
 def gpt(factor: float) -> Family:
     torch.manual_seed(0)
     vocab, context = 32, 32
-    model = TinyGPT(vocab, 64, 4, 2, context)
+    model = GPT(vocab, context, d=64, layers=2, heads=4, nanogpt_init=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
     # A Markov chain of conditional entropy log 8, 64 fresh windows a step: the loss
     # settles near 2.1 and gradients stay up. On text it can memorise, Adam's second

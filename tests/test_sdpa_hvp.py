@@ -7,17 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from curvature_problems import TinyGPT, next_token_loss
 
 from edgewatch.monitor import SharpnessTracker, sharpness
 from edgewatch.monitor.hvp import HessianOperator
+from edgewatch_testkit.gpt import GPT, next_token_loss
 
 
-def gpt_pair(dropout: float = 0.0) -> tuple[TinyGPT, TinyGPT, torch.Tensor]:
+def gpt_pair(dropout: float = 0.0) -> tuple[GPT, GPT, torch.Tensor]:
     """The same float64 weights with SDPA and with eager attention, and a token batch."""
     torch.manual_seed(0)
-    sdpa = TinyGPT(vocab=11, d=8, heads=2, layers=1, context=6, dropout=dropout).double()
-    eager = TinyGPT(11, 8, 2, 1, 6, dropout, attention="eager").double()
+    # vocab 11, context 6, d 8, one layer of 2 heads
+    sdpa = GPT(11, 6, 8, 1, 2, dropout=dropout, nanogpt_init=False).double()
+    eager = GPT(11, 6, 8, 1, 2, dropout=dropout, attention="eager", nanogpt_init=False).double()
     eager.load_state_dict(sdpa.state_dict())
     batch = torch.randint(0, 11, (4, 7), generator=torch.Generator().manual_seed(1))
     return sdpa, eager, batch

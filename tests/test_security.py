@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from conftest import DaemonFactory, metric
-from toy import run_toy
 
 from edgewatch.cli import main
 from edgewatch.errors import ConfigError
 from edgewatch.server import Settings
+from edgewatch_testkit.toy import run_toy
 
 
 @pytest.fixture

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from conftest import free_port
 
 from edgewatch.server.process import spawn_daemon, wait_healthy
 from edgewatch.server.replay import replay_stored
 from edgewatch.server.store import Store
+from edgewatch_testkit import child_env
+from edgewatch_testkit.net import free_port
 
 CLIENTS = 4
 STEPS = 10_000
@@ -32,8 +33,7 @@ LEASE = ("--lease-seconds", "2", "--checkpoint-seconds", "1")
 
 CLIENT = """
 import sys
-sys.path.insert(0, {tests!r})
-from toy import run_spiky
+from edgewatch_testkit.toy import run_spiky
 # resend_after: fail over within the test, not after the default 5 s. The pauses make a
 # run of seconds, so that a daemon dies in the middle of it.
 mon = run_spiky(sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), pause=0.05,
@@ -93,13 +93,14 @@ def test_two_daemons_one_killed_the_survivor_takes_every_job_over(
             [
                 sys.executable,
                 "-c",
-                CLIENT.format(tests=str(Path(__file__).parent)),
+                CLIENT,
                 job,
                 ",".join(endpoints[:: 1 if i % 2 else -1]),
                 steps_arg,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            env=child_env(),
         )
         for i, job in enumerate(jobs)
     ]

@@ -7,11 +7,12 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import DaemonFactory, free_port, http_json
+from conftest import DaemonFactory
 
 import edgewatch
 from edgewatch.client.spool import Spool, read_intact
 from edgewatch.schemas import Batch, Step, encode
+from edgewatch_testkit.net import free_port, http_json
 
 
 def stream(mon: edgewatch.Monitor, first: int, count: int, seconds_per_step: float = 0) -> None:

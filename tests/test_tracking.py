@@ -8,7 +8,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from curvature_problems import make_problem, spectrum_with
 
 from edgewatch.monitor import (
     SharpnessTracker,
@@ -18,6 +17,7 @@ from edgewatch.monitor import (
     update_direction,
 )
 from edgewatch.monitor.tracking import TOL
+from edgewatch_testkit.curvature_problems import make_problem, spectrum_with
 
 
 def dropout_bn_model() -> torch.nn.Module:

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
 
 import edgewatch
 from edgewatch.server import Daemon
+from edgewatch_testkit.net import free_port
 
 
 def test_amp_skipped_steps_are_events_with_the_loss_scale_and_true_grad_norms(

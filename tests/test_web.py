@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 import torch
-from browser import Browser, why_no_browser
-from conftest import http_json
-from toy import run_toy
 
 import edgewatch
 from edgewatch.demo import train
 from edgewatch.server import Daemon, Settings
+from edgewatch_testkit.browser import Browser, why_no_browser
+from edgewatch_testkit.net import http_json
+from edgewatch_testkit.toy import run_toy
 
 pytestmark = [
     pytest.mark.slow,

@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 import zmq
-from browser import Browser, why_no_browser
-from conftest import http_json
 
 from edgewatch.schemas import (
     Ack,
@@ -32,6 +30,8 @@ from edgewatch.schemas import (
     encode,
 )
 from edgewatch.server import Daemon, Settings
+from edgewatch_testkit.browser import Browser, why_no_browser
+from edgewatch_testkit.net import http_json
 
 pytestmark = [
     pytest.mark.slow,

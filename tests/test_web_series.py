@@ -14,11 +14,20 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import DaemonFactory, http_json
-from toy import PEAK_LR, WARMUP, grad_at, loss_at, lr_at, run_toy, warmup_past_the_edge
+from conftest import DaemonFactory
 
 import edgewatch
 from edgewatch.server import Daemon
+from edgewatch_testkit.net import http_json
+from edgewatch_testkit.toy import (
+    PEAK_LR,
+    WARMUP,
+    grad_at,
+    loss_at,
+    lr_at,
+    run_toy,
+    warmup_past_the_edge,
+)
 
 
 def series(daemon: Daemon, job: str, **query: Any) -> Any:

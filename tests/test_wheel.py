@@ -27,9 +27,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
 from edgewatch.server.process import wait_healthy
+from edgewatch_testkit.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_SOURCE = shutil.ignore_patterns(
@@ -65,6 +65,8 @@ def test_the_installed_wheel_serves_and_runs_the_demo(tmp_path: Path) -> None:
         (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
         assert "License-Expression: Apache-2.0" in z.read(metadata).decode().splitlines()
     assert "edgewatch/server/web/vendor/uPlot.iife.min.js" in names
+    # The tests' and benchmarks' kit stays in the checkout.
+    assert not [n for n in names if n.startswith(("edgewatch_testkit/", "bench/", "tests/"))]
     assert any(n.startswith("edgewatch/server/migrations/versions/") for n in names)
 
     run([sys.executable, "-m", "venv", venv], work)

@@ -152,7 +152,7 @@ class CurvatureSchedule:
         self._refresh = False  # the rise estimate about to start is a refresh
 
     def use_clock(self, clock: Callable[[], float]) -> None:
-        """Read step times on ``clock`` from now on (bench/harness.py lends one)."""
+        """Read step times on ``clock`` from now on (bench/instability/harness.py lends one)."""
         self.clock = clock
         self.started = clock()
         self.ticks.restart(clock)

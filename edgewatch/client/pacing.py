@@ -55,7 +55,7 @@ class StepClock:
     def tick(self, work: float) -> None:
         """One training step ended (called once per ``mon.step``), with ``work`` seconds
         of curvature work since the last tick, left out of the step (a lent clock,
-        bench/harness.py, advances by those seconds too)."""
+        bench/instability/harness.py, advances by those seconds too)."""
         now = self.clock()
         if self.last is not None:
             self.times.append(max(now - self.last - work, 0.0))

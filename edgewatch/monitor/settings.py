@@ -22,7 +22,8 @@ State = Literal["stable", "approaching", "unstable", "diverged"]
 
 @dataclasses.dataclass(frozen=True)
 class PredictorSettings:
-    """The rule's knobs; the defaults are the ones tuned in bench/predict (RESULTS.md)."""
+    """The rule's knobs; the defaults are those tuned by bench/instability/predict.py
+    (bench/RESULTS.md)."""
 
     horizon: int = 100
     """A crossing this many steps ahead or nearer makes the job ``approaching``."""

@@ -1,7 +1,7 @@
 """Per-job summaries of the record tables in blocks of 256 records, for the web page's charts.
 
 A chart is a few thousand pixels wide; a job may have 10^7 steps. Reading them all per page
-costs seconds (SQLite: ~5 s for a min/max GROUP BY over 10^7 rows on 2 cores, bench/web.py),
+costs seconds (SQLite: ~5 s for a min/max GROUP BY over 10^7 rows on 2 cores, bench/perf/web.py),
 so the daemon keeps, per job and run, the count, step range and min/max of each charted
 column over every block of 256 consecutive sequence numbers: 3 MB for 10^7 steps. A page
 then downsamples from the blocks (``series.py``) without touching the rows.

@@ -39,7 +39,8 @@ FORECAST = "forecast_"
 PREDICTOR_FIELDS = tuple(f.name for f in dataclasses.fields(PredictorSettings))
 TUNED = ("margin", "horizon", "loss_excursion", "grad_excursion", "update_excursion",
          "moment_excursion", "direction_margin", "critical_margin")  # fmt: skip
-"""The fields bench/predict tunes; ``replay`` also takes them without ``--forecast-``."""
+"""The fields bench/instability/predict.py tunes; ``replay`` also takes them without
+``--forecast-``."""
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -59,7 +60,7 @@ class Settings:
     """On PostgreSQL, write step records with COPY (resent ones through a temporary
     table: the database user needs the TEMPORARY privilege, which PostgreSQL grants by
     default); false writes them with ``INSERT ... SELECT FROM unnest(...)``, slower, for
-    a proxy that does not pass COPY through and for bench/ingest.py's comparison."""
+    a proxy that does not pass COPY through and for bench/perf/ingest.py's comparison."""
     max_frame_bytes: int = 8 * 1024 * 1024
     """Frames larger than this are rejected (``oversized``)."""
     job_expiry: float = 3600.0

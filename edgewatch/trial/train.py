@@ -8,7 +8,7 @@ RNG states of torch, Python and NumPy are put back afterwards, whatever the user
 or batches drew. Because the model trained is a copy, the probe and the loss take the
 model as an argument: a closure over the user's model would measure the wrong one.
 
-Along the way: the probe loss each step (the trial's health, as bench/scoring.py labels
+Along the way: the probe loss each step (the trial's health, as bench/instability/scoring.py labels
 runs: against its running minimum), and the sharpness every few steps, warm-started
 (``edgewatch.monitor.sharpness``; λ_max(P⁻¹H) for Adam-type optimizers, Cohen et al.
 2022, arXiv 2207.14484).

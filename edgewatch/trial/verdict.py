@@ -3,7 +3,7 @@
 The ratio is sharpness × LR over the optimizer's constant (2 for GD, 2 + 2β heavy ball,
 38 for Adam at β1 0.9: Cohen et al. 2021, arXiv 2103.00065; 2022, arXiv 2207.14484), so
 1.0 is the edge of stability at the LR the step trained at. The loss is judged as
-bench/scoring.py labels runs: against its running minimum.
+bench/instability/scoring.py labels runs: against its running minimum.
 
 - **unsafe**: the loss ran away (non-finite, or ``RUNAWAY`` × its minimum without coming
   back), or spiked to ``spike`` × its minimum (a MAJOR event in the benchmark's terms,
@@ -34,7 +34,7 @@ RUNAWAY = 10.0
 
 @dataclasses.dataclass(frozen=True)
 class Rules:
-    """The verdict's thresholds (tuned leaving one family out: bench/preflight.py)."""
+    """The verdict's thresholds (tuned leaving one family out: bench/instability/preflight.py)."""
 
     edge: float = EDGE
     hot: float = HOT
