@@ -155,7 +155,7 @@ def report(loops: list[Loop], args: argparse.Namespace) -> None:
             for k, v in stats.items()
             if k.startswith("estimates_")
         )
-        share = curvature.seconds_total / loops[-1].own
+        share = curvature.spent / loops[-1].own
         print(
             f"\nCurvature loop: {curvature.estimates} λ_max estimates in {steps} steps "
             f"({1000 * curvature.estimates / steps:.1f} per 1000 steps), {curvature.attempts} "

@@ -38,7 +38,7 @@ from edgewatch.schemas import Ack, Batch, JobStart, OptimizerInfo, Step, decode_
 from edgewatch.server.pgcopy import CopyInsert
 from edgewatch.server.rows import step_row
 from edgewatch.server.store import FrameWrite, JobProgress, Store
-from edgewatch.server.tables import INSERT_COLUMNS, StepRow
+from edgewatch.server.tables import INSERT_COLUMNS, Base, StepRow
 
 FRAME = 4096
 WINDOW = 8
@@ -213,9 +213,10 @@ def _fresh(url: str, tmp: Path) -> str:
         return f"sqlite:///{tmp / f'{len(list(tmp.iterdir()))}.db'}"
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as conn:
-        # alembic_version too: a database without it is empty to the upgrade at start.
-        tables = "alerts, steps, sharpness, events, jobs, alembic_version"
-        conn.execute(sqlalchemy.text(f"DROP TABLE IF EXISTS {tables}"))
+        # Every table the daemon makes (a partitioned one with its partitions), and
+        # alembic_version: a database without it is empty to the upgrade at start.
+        tables = ", ".join([*Base.metadata.tables, "alembic_version"])
+        conn.execute(sqlalchemy.text(f"DROP TABLE IF EXISTS {tables} CASCADE"))
     engine.dispose()
     return url
 
