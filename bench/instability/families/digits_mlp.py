@@ -1,7 +1,8 @@
-"""digits_mlp: the v1 zoo (bench/zoo.py, which bench/instability/predict.py still uses): a tanh MLP
-64-64-64-10 on the first 512 digits with the squared loss on one-hot targets (Cohen et
-al. 2021's setting: it sharpens progressively and trains at the edge of stability). GD
-LRs are multiples x of the critical LR at initialisation, η_c = 2/λ₀ (``edgewatch.find_lr``).
+"""digits_mlp: the runs of the first benchmark (bench/RESULTS.md, "Stability
+prediction"), kept as one family here: a tanh MLP 64-64-64-10 on the first 512 digits
+with the squared loss on one-hot targets (Cohen et al. 2021's setting: it sharpens
+progressively and trains at the edge of stability). GD LRs are multiples x of the
+critical LR at initialisation, η_c = 2/λ₀ (``edgewatch.find_lr``).
 Probe (sharpness) and labels: the full 512-example loss (for full-batch runs, the
 training loss itself).
 
