@@ -52,9 +52,9 @@ clean:
 bench-curvature: $(DEV)
 	$(PY) -m bench.perf.curvature
 
-# The instability benchmark: 101 small CPU training runs in five families through client
+# The instability benchmark: 147 small CPU training runs in eight families through client
 # and daemon, scored leaving one family out against the baselines, with an intervention
-# track (about 25 minutes on 2 cores); report in bench/out/predict.md.
+# track (30-45 minutes on 2 cores); report in bench/out/predict.md.
 bench-predict: $(DEV)
 	$(PY) -m bench.instability.predict
 
