@@ -5,6 +5,8 @@ scheduled LR jump returns to ``stable`` with nothing reading 0.0 for "unknown"."
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from conftest import DaemonFactory
 
 import edgewatch
 from edgewatch.cli import main
+from edgewatch.demo import LR_START, train
 from edgewatch_testkit.net import http_json
 from edgewatch_testkit.toy import warmup_past_the_edge
 
@@ -34,6 +37,11 @@ def test_a_diverged_job_is_told_where_to_resume_and_its_advice_never_rises(
     assert advised and advised == sorted(advised, reverse=True), advised
     onset = next(a["step"] for a in alerts if a["state"] in ("unstable", "diverged"))
     diverged = alerts[-1]
+    # Resume at the LR advised up to the onset, not one read off the blown-up network.
+    before = [
+        a["recommended_lr"] for a in alerts[:-1] if a["step"] <= onset and a["recommended_lr"]
+    ]
+    assert before and diverged["recommended_lr"] == min(before), alerts
     assert diverged["resume_step"] == onset - 1
     assert diverged["recommended_warmup_steps"] == 0  # no warmup from a dead state
     assert f"at or before step {onset - 1}" in diverged["reason"]
@@ -99,3 +107,22 @@ def test_a_job_that_recovered_from_a_scheduled_jump_returns_to_stable(
     assert analysis["recommended_lr"] is None and analysis["steps_to_instability"] is None
     # A level the job has not shown yet is unknown (null), never 0.0.
     assert analysis["sustained_level"] is None or analysis["sustained_level"] > 0
+
+
+def test_the_demo_diverged_job_resumes_at_the_lr_advised_before_its_onset(
+    make_daemon: DaemonFactory,
+) -> None:
+    """The demo measures sharpness often (budget 0.8), also while its run blows up: an
+    estimate of the blown-up network (about 1e8) must not set the LR to resume at from a
+    checkpoint before the onset (it gave 1.7e-8 against 0.05-1.0 planned)."""
+    daemon = make_daemon()
+    with contextlib.redirect_stdout(io.StringIO()):  # the demo narrates its steps
+        train(daemon.endpoint, "demo", 600)
+    alerts = _alerts(daemon, "demo")
+    assert alerts[-1]["state"] == "diverged", alerts
+    onset = alerts[-1]["resume_step"] + 1
+    before = [a["recommended_lr"] for a in alerts[:-1] if a["step"] <= onset]
+    before = [lr for lr in before if lr is not None]
+    assert before, alerts
+    assert alerts[-1]["recommended_lr"] == min(before), alerts
+    assert alerts[-1]["recommended_lr"] > LR_START / 10, alerts  # a rate one could train at

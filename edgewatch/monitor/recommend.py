@@ -76,15 +76,20 @@ def recommend(
 class Advice:
     """The one recommendation a job shows at a time: the header, the API, ``edgewatch show``
     and the metrics all read ``current``, which changes only with an alert. Within one
-    episode of alarms (from leaving ``stable`` until back) the recommended LR never rises:
+    episode of alarms (from leaving ``stable`` until back) the recommended LR never rises
+    (but for a diverged job's, below):
     a later alert whose own forecast would allow more keeps the earlier cap, and says so.
     An LR at or above both the LR in force and the highest LR the plan reaches next is no
     recommendation: the LR in force is safe by the curvature. A diverged job gets no
-    warmup (there is nothing left to warm up from) but the step to resume from."""
+    warmup (there is nothing left to warm up from) but the step to resume from, and the
+    lowest LR advised up to its onset: estimates taken since measure the network as it
+    blew up, not the one a checkpoint before the onset holds (the demo's diverging run
+    read a sharpness of 9e7 and would have advised 1.7e-8)."""
 
     def __init__(self) -> None:
         self.current = Recommendation(None)
         self._cap: tuple[float, int] | None = None  # (lowest LR advised, its alert's step)
+        self._advised: list[tuple[float, int]] = []  # (LR, alert's step) in this episode
 
     def publish(
         self,
@@ -98,10 +103,15 @@ class Advice:
     ) -> Recommendation:
         if state == "stable":
             self._cap = None
+            self._advised = []
             self.current = Recommendation(None)
             return self.current
         lr, warmup, notes = live.lr, live.warmup_steps, []
-        if self._cap is not None and lr is not None and lr > self._cap[0]:
+        before = [a for a in self._advised if resume_step is not None and a[1] <= resume_step + 1]
+        if state == "diverged" and before:
+            lr, at = min(before)
+            notes.append(f"the LR advised at step {at}, before the onset, stands")
+        elif self._cap is not None and lr is not None and lr > self._cap[0]:
             lr, warmup = self._cap[0], 0
             notes.append(f"the cap advised at step {self._cap[1]} stands")
         highest = max(lr_in_force or 0.0, planned_lr or 0.0)
@@ -112,6 +122,8 @@ class Advice:
             warmup = 0
         if lr is not None and (self._cap is None or lr < self._cap[0]):
             self._cap = (lr, step)
+        if lr is not None:
+            self._advised.append((lr, step))
         resume = resume_step if state == "diverged" else None
         self.current = Recommendation(lr, warmup, resume, "; ".join(notes))
         return self.current
