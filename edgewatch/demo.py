@@ -25,6 +25,9 @@ from edgewatch.monitor.thresholds import threshold_for
 from edgewatch.server.process import spawn_daemon, wait_healthy
 
 LR_START, LR_END = 0.05, 1.0
+# A demo lasts seconds and its edge-to-spike window is ~30 steps, so it gives curvature
+# 80% of the time (the default is 2%), for a reading every ~10-25 steps.
+DEMO_BUDGET = 0.8
 
 
 def _free_port() -> int:
@@ -61,8 +64,6 @@ def train(endpoint: str, job: str, steps: int) -> None:
     def probe() -> torch.Tensor:
         return torch.nn.functional.mse_loss(model(x), y)
 
-    # A demo lasts seconds and its edge-to-spike window is ~30 steps, so it gives
-    # curvature 80% of the time (the default is 2%), for a reading every ~10-25 steps.
     with edgewatch.attach(
         optimizer,
         model=model,
@@ -71,7 +72,7 @@ def train(endpoint: str, job: str, steps: int) -> None:
         probe=probe,
         scheduler=warmup,
         total_steps=steps,
-        budget=0.8,
+        budget=DEMO_BUDGET,
     ) as mon:
         for step in range(steps):
             loss = torch.nn.functional.mse_loss(model(x), y)
@@ -173,7 +174,11 @@ def run_demo(steps: int = 600, workdir: str = ".demo") -> int:
     try:
         wait_healthy(server, daemon)
         job = "demo-mlp-warmup"
-        print(f"\n== training {job!r}: full-batch GD, LR warming up {LR_START} -> {LR_END}")
+        print(
+            f"\n== training {job!r}: full-batch GD, LR warming up {LR_START} -> {LR_END};"
+            f"\n   curvature gets {DEMO_BUDGET:.0%} of its time (attach's default is 2%: a run"
+            "\n   of your own gets far fewer sharpness estimates, README 'Budget')"
+        )
         train(endpoint, job, steps)
         print("\n== what edgewatch saw")
         what_edgewatch_saw(server, job)
