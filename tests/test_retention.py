@@ -13,24 +13,19 @@ from typing import Any
 
 import pytest
 import sqlalchemy
-import zmq
 from conftest import DaemonFactory, metric
 
 from edgewatch.schemas import (
-    Ack,
-    Batch,
     JobEnd,
     JobStart,
     OptimizerInfo,
     Sharpness,
     Step,
-    decode_reply,
-    encode,
 )
 from edgewatch.server import Daemon
 from edgewatch.server.counters import DaemonCounters
 from edgewatch.server.retention import Retention
-from edgewatch_testkit.net import http_json
+from edgewatch_testkit.net import http_json, send_frames
 
 DAY = 86_400
 LR = 0.1  # SGD: the threshold is 2/LR = 20
@@ -83,26 +78,9 @@ def stored(records: Sequence[Any]) -> int:
 
 
 def send(endpoint: str, records: Sequence[Any], per_frame: int = 100) -> tuple[int, int]:
-    """Send the records as a client would, in frames; (stored, duplicates) over the Acks."""
-    ctx: zmq.Context[Any] = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 20_000)
-    sock.connect(endpoint)
-    stored = duplicates = 0
-    try:
-        for frame_id, first in enumerate(range(0, len(records), per_frame), 1):
-            chunk = list(records[first : first + per_frame])
-            if not isinstance(chunk[0], JobStart):
-                chunk.insert(0, records[0])  # each frame may start the job: a resend's does
-            sock.send(encode(Batch(job=chunk[0].job, run=7, frame_id=frame_id, records=chunk)))
-            reply = decode_reply(sock.recv())
-            assert isinstance(reply, Ack), reply
-            stored, duplicates = stored + reply.stored, duplicates + reply.duplicates
-    finally:
-        sock.close()
-        ctx.term()
-    return stored, duplicates
+    """Send the records as a client would, each frame able to start the job (any slice
+    is a resend); (stored, duplicates) over the Acks."""
+    return send_frames(endpoint, records, per_frame, restart=True)
 
 
 def api(daemon: Daemon, path: str) -> Any:

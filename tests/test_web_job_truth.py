@@ -16,22 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
 from edgewatch.schemas import (
-    Ack,
-    Batch,
     JobEnd,
     JobStart,
     OptimizerInfo,
     Sharpness,
     Step,
-    decode_reply,
-    encode,
 )
 from edgewatch.server import Daemon, Settings
 from edgewatch_testkit.browser import Browser, why_no_browser
-from edgewatch_testkit.net import http_json
+from edgewatch_testkit.net import http_json, send_frames
 
 pytestmark = [
     pytest.mark.slow,
@@ -116,24 +111,7 @@ def write_job(endpoint: str) -> None:
     records.append(
         JobEnd(job=JOB, run=7, seq=len(records), step=STEPS - 1, wall_time=now, status="failed")
     )
-    send(endpoint, JOB, records)
-
-
-def send(endpoint: str, job: str, records: list[Any]) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 10_000)
-    sock.connect(endpoint)
-    try:
-        for frame_id, start in enumerate(range(0, len(records), 100), 1):
-            chunk = records[start : start + 100]
-            sock.send(encode(Batch(job=job, run=7, frame_id=frame_id, records=chunk)))
-            reply = decode_reply(sock.recv())
-            assert isinstance(reply, Ack), reply
-    finally:
-        sock.close()
-        ctx.term()
+    send_frames(endpoint, records)
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +261,7 @@ def test_an_adam_job_says_its_forecast_ignores_the_settle_period(site: Daemon) -
     records.append(
         Sharpness(job=job, run=7, seq=len(records), step=60, wall_time=now, value=50.0, lr=1e-3)
     )
-    send(site.endpoint, job, records)
+    send_frames(site.endpoint, records)
     deadline = time.monotonic() + 20
     while api(site, f"/api/jobs/{job}")["estimates"] != 1:
         assert time.monotonic() < deadline
@@ -319,7 +297,7 @@ def test_a_running_jobs_forecast_crossing_is_drawn_on_the_ratio_chart(site: Daem
                     job=job, run=7, seq=len(records), step=i, wall_time=wall, value=SHARPNESS[i]
                 )
             )
-    send(site.endpoint, job, records)
+    send_frames(site.endpoint, records)
     deadline = time.monotonic() + 20
     while api(site, f"/api/jobs/{job}")["last_step"] != 555:
         assert time.monotonic() < deadline
