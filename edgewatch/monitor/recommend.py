@@ -88,7 +88,6 @@ class Advice:
 
     def __init__(self) -> None:
         self.current = Recommendation(None)
-        self._cap: tuple[float, int] | None = None  # (lowest LR advised, its alert's step)
         self._advised: list[tuple[float, int]] = []  # (LR, alert's step) in this episode
 
     def publish(
@@ -102,26 +101,25 @@ class Advice:
         resume_step: int | None,
     ) -> Recommendation:
         if state == "stable":
-            self._cap = None
             self._advised = []
             self.current = Recommendation(None)
             return self.current
         lr, warmup, notes = live.lr, live.warmup_steps, []
-        before = [a for a in self._advised if resume_step is not None and a[1] <= resume_step + 1]
+        onset = -math.inf if resume_step is None else resume_step + 1
+        before = [advised for advised in self._advised if advised[1] <= onset]
+        cap = min(self._advised, default=None)  # (lowest LR advised, the first step it was)
         if state == "diverged" and before:
             lr, at = min(before)
             notes.append(f"the LR advised at step {at}, before the onset, stands")
-        elif self._cap is not None and lr is not None and lr > self._cap[0]:
-            lr, warmup = self._cap[0], 0
-            notes.append(f"the cap advised at step {self._cap[1]} stands")
+        elif cap is not None and lr is not None and lr > cap[0]:
+            lr, warmup = cap[0], 0
+            notes.append(f"the cap advised at step {cap[1]} stands")
         highest = max(lr_in_force or 0.0, planned_lr or 0.0)
         if lr is not None and highest > 0 and lr >= highest and state != "diverged":
             lr, warmup = None, 0
             notes = ["the LR in force is safe by the curvature forecast"]
         if state == "diverged":
             warmup = 0
-        if lr is not None and (self._cap is None or lr < self._cap[0]):
-            self._cap = (lr, step)
         if lr is not None:
             self._advised.append((lr, step))
         resume = resume_step if state == "diverged" else None
