@@ -128,3 +128,86 @@ def test_a_checkpoint_that_cannot_be_used_means_a_full_replay_with_the_same_resu
     after = _state(second.http_url, "job")
     if tamper != "other settings":  # other settings may rightly say other things
         assert after == before
+
+
+RESTART_WITHOUT_SCIPY = """
+import sys, time
+from edgewatch.server import Daemon, Settings
+from edgewatch.server import analysis
+from edgewatch_testkit.net import http_json
+
+daemon = Daemon(Settings(db={db!r}, bind="tcp://127.0.0.1:*", http="127.0.0.1:0"))
+print("rebuilt before scipy.signal:", "scipy.signal" not in sys.modules)
+daemon.start()
+print("state:", http_json(daemon.http_url + "/api/jobs/job")["analysis"])
+print("block path loaded:", analysis._block_path_loaded.wait(60))
+daemon.stop()
+"""
+
+
+def test_a_restarted_daemon_rebuilds_and_serves_before_it_loads_scipy_signal(
+    make_daemon: DaemonFactory, sqlite_url: str
+) -> None:
+    """scipy.signal (the forecast's block path) is over half of a daemon's start: a
+    restart rebuilds a running job step by step and serves before loading it, with the
+    analysis the live daemon had (here from the job's first record), and loads it once
+    serving."""
+    first = make_daemon()
+    mon = run_spiky("job", first.endpoint, 3_200, close=False)
+    before = _state(first.http_url, "job")[0]
+    first.stop()
+    mon.close(timeout=0.5)
+    engine = sqlalchemy.create_engine(sqlite_url)
+    with engine.begin() as conn:  # no checkpoint: the whole job is replayed step by step
+        conn.execute(sqlalchemy.text("DELETE FROM checkpoints"))
+    engine.dispose()
+    child = subprocess.run(
+        [sys.executable, "-c", RESTART_WITHOUT_SCIPY.format(db=sqlite_url)],
+        capture_output=True, text=True, timeout=120, env=child_env(),
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr[-3000:]
+    lines = child.stdout.splitlines()
+    assert lines[0] == "rebuilt before scipy.signal: True", child.stdout
+    assert lines[1] == f"state: {before[2]}", child.stdout
+    assert lines[2] == "block path loaded: True", child.stdout
+
+
+LONG_TAIL = """
+import math, sys
+from edgewatch.schemas import Step
+from edgewatch.server import analysis
+
+analysis.defer_block_path()
+analysis.SCALAR_STEPS = 3_000
+run = analysis.RunAnalysis(1, 1, {"kind": "AdamW", "lr": 1e-3, "betas": (0.9, 0.95)})
+steps = [
+    Step(job="j", run=1, seq=i + 1, step=i, wall_time=float(i), lr=1e-3,
+         loss=2.0 + 0.1 * math.sin(i) + (3.0 if i % 1500 > 1490 else 0.0), grad_norm=1.0)
+    for i in range(6_000)
+]
+for i in range(0, 6_000, 1_000):
+    run.feed(steps[i : i + 1_000])
+    print(i, "scipy.signal" in sys.modules, analysis._block_path_loaded.is_set())
+print("alerts", [(a.step, a.state) for a in run.forecast.alerts])
+"""
+
+
+def test_a_long_tail_of_steps_loads_the_block_path_rather_than_go_on_step_by_step() -> None:
+    """Deferred, the block path is still loaded once more steps have gone one at a time
+    than loading it costs (a rebuild with a long tail after its checkpoint); the alerts
+    are those of a run fed by the block path from the start."""
+    deferred = subprocess.run(
+        [sys.executable, "-c", LONG_TAIL], capture_output=True, text=True, timeout=120,
+        env=child_env(),
+    )  # fmt: skip
+    assert deferred.returncode == 0, deferred.stderr[-3000:]
+    lines = deferred.stdout.splitlines()
+    assert lines[:4] == ["0 False False", "1000 False False", "2000 False False",
+                         "3000 True True"], lines  # fmt: skip
+    loaded = LONG_TAIL.replace("analysis.defer_block_path()", "")
+    direct = subprocess.run(
+        [sys.executable, "-c", loaded], capture_output=True, text=True, timeout=120,
+        env=child_env(),
+    )  # fmt: skip
+    assert direct.stdout.splitlines()[0] == "0 True True", direct.stdout
+    assert direct.stdout.splitlines()[-1] == lines[-1] != "alerts []"

@@ -12,6 +12,7 @@ first ``/healthz`` answer and to ``/api/jobs/JOB`` showing the analysis it showe
 A fresh start on an empty database is timed beside it (imports, migrations, sockets).
 
 Usage: python -m bench.perf.restart [--steps 100000,1000000,2000000] [--postgres]
+       [--full-replay-max 2000000]
 """
 
 from __future__ import annotations
@@ -174,6 +175,12 @@ def main() -> None:
         default="1",
         help="the daemon's setting (default here 1: this stream is far faster than a job's)",
     )
+    parser.add_argument(
+        "--full-replay-max",
+        type=int,
+        default=2_000_000,
+        help="time the full replay only up to this length (at 10^7 steps it takes minutes)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.steps.split(",")]
     engine_name = "PostgreSQL" if args.postgres else "SQLite"
@@ -203,7 +210,8 @@ def main() -> None:
                     rate = stream(daemon.endpoint, n)
                     want = _shown(_get(f"{daemon.http}/api/jobs/{JOB}"))
                     assert want[:2] == ("running", n - 1), want
-                    for variant in ("checkpoint", "full replay"):
+                    variants = ["checkpoint"] + ["full replay"] * (n <= args.full_replay_max)
+                    for variant in variants:
                         if variant == "full replay":
                             engine = sqlalchemy.create_engine(url)
                             with engine.begin() as conn:

@@ -10,21 +10,73 @@ and their inserts are no-ops (alerts are keyed by their number within the run).
 
 from __future__ import annotations
 
+import importlib
+import logging
 import math
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
 
-# The forecast's block path (NumPy, SciPy) is loaded with the daemon, not by its first
-# frame (importing scipy.signal takes about a second).
-from edgewatch.monitor import window as _window  # noqa: F401
 from edgewatch.monitor.forecast import DEFAULT_SETTINGS, Alert, JobForecast, PredictorSettings
 from edgewatch.monitor.plan import LRPlan
 from edgewatch.schemas import CRITICAL_METHOD, AnyRecord, Event, Plan, Sharpness, Step
 from edgewatch.server.rows import PLAN_EVENT
 from edgewatch.server.store import Store
+
+log = logging.getLogger(__name__)
+
+# The forecast's block path (``monitor/window.py``) imports scipy.signal: about 1.5 s, more
+# than half of a daemon's start (bench/RESULTS.md, "Restart time"). A daemon defers it
+# (``defer_block_path``) and loads it on a thread once it serves (``load_block_path``);
+# until then steps go through the forecast one at a time, which raises the same alerts to
+# the bit (tests/test_forecast_batch.py), only slower (about 7 µs a step against 2): past
+# SCALAR_STEPS of them (a rebuild with a long tail after its checkpoint), loading it now
+# costs less than going on, and the caller waits for it. Every other caller (the replays,
+# the benchmarks) loads it at its first block.
+SCALAR_STEPS = 200_000
+_BLOCK_PATH = "edgewatch.monitor.window"
+_block_path_loaded = threading.Event()
+_block_path_deferred = False
+_scalar_steps = 0
+
+
+def defer_block_path() -> None:
+    """Feed steps one at a time until ``load_block_path`` has loaded the block path."""
+    global _block_path_deferred
+    _block_path_deferred = True
+
+
+def load_block_path(background: bool = True) -> None:
+    """Import the block path, on a thread of its own unless ``background`` is False."""
+
+    def load() -> None:
+        try:
+            importlib.import_module(_BLOCK_PATH)
+        except Exception:  # the scalar path still gives every alert
+            log.exception("the forecast's block path failed to load: steps go one at a time")
+            return
+        _block_path_loaded.set()
+
+    if _block_path_loaded.is_set():
+        return
+    if background:
+        threading.Thread(target=load, name="edgewatch-block-path", daemon=True).start()
+    else:
+        load()
+
+
+def _block_path_ready(steps: int) -> bool:
+    """Whether the next ``steps`` steps go through the block path (loading it if due)."""
+    global _scalar_steps
+    if _block_path_loaded.is_set():
+        return True
+    _scalar_steps += steps
+    if not _block_path_deferred or _scalar_steps > SCALAR_STEPS:
+        load_block_path(background=False)  # waits for a thread already loading it
+    return _block_path_loaded.is_set()
 
 
 class RunAnalysis:
@@ -71,7 +123,15 @@ class RunAnalysis:
         return raised
 
     def _steps(self, block: list[Step], raised: list[tuple[Alert, float]]) -> None:
-        alerts = self.forecast.observe_steps(block)
+        if _block_path_ready(len(block)):
+            alerts = self.forecast.observe_steps(block)
+        else:
+            observe = self.forecast.observe_step
+            alerts = []
+            for r in block:
+                alert = observe(r.step, r.lr, r.loss, r.grad_norm, r.update_norm, r.moment_ratio)
+                if alert is not None:
+                    alerts.append(alert)
         if alerts:
             wall = {r.step: r.wall_time for r in block}
             raised.extend((a, wall.get(a.step, block[-1].wall_time)) for a in alerts)

@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 
 from edgewatch.errors import ConfigError
+from edgewatch.server.analysis import defer_block_path, load_block_path
 from edgewatch.server.config import Settings, is_loopback
 from edgewatch.server.counters import DaemonCounters
 from edgewatch.server.http import ApiContext, make_http_server, serve_in_thread
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        defer_block_path()  # serve first: the rebuild below goes step by step if need be
         self.store = Store(settings.db, copy=settings.pg_copy)
         self.jobs = JobTable()
         self.jobs.load(self.store.jobs())
@@ -82,6 +84,7 @@ class Daemon:
         self._retention_thread.start()
         serve_in_thread(self.http)
         self.ingest.ready.wait(5)
+        load_block_path()
         if self.settings.curve_secret_key:
             where = f" (CURVE: clients allowed by {self.settings.curve_clients})"
         elif is_loopback(self.endpoint):
