@@ -102,7 +102,8 @@ def test_curvature_stays_within_its_share_of_the_run_counted_in_step_times(
     stats = mon.stats
     assert stats["estimates_first"] == 1
     assert sum(v for k, v in stats.items() if k.startswith("estimates_")) == schedule.estimates
-    assert stats["curvature_permille"] <= 1000 * budget + 1000 * slice_cost / total
+    # The same bound in per mille, which mon.stats rounds to a whole number.
+    assert stats["curvature_permille"] <= 1000 * budget + 1000 * slice_cost / total + 0.5
 
 
 def test_a_failing_probe_is_counted_and_training_goes_on(daemon: Daemon) -> None:
