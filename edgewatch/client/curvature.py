@@ -12,11 +12,12 @@ median step time (``pacing.StepClock``, curvature left out), not in seconds, so 
 machines give the same schedule; slices are charged their HVPs and graphs at the lowest
 cost of one (``pacing.Spending``). Amortised over the run: with ``total_steps`` known
 the allowance is budget × total_steps step-times, and cadence estimates spread what is
-free of it (less what the planned rises in view need) over the steps left; ``rise``,
-``stir`` and ``edge`` estimates may spend ahead, never past the allowance (a rise it
-cannot cover is logged once). A run of unknown length is expected to last max(twice
-its steps so far, UNKNOWN_RUN). The first estimate always starts and may use
-FIRST_SHARE of the allowance; one the allowance does not cover ends early, flagged
+free of it (less what the planned rises in view need) over the steps left; ``rise``
+and ``edge`` estimates may spend ahead, never past the allowance (a rise it cannot
+cover is logged once); ``stir`` estimates only what the rises in view leave free. A
+run of unknown length is expected to last max(twice its steps so far, UNKNOWN_RUN).
+The first estimate always starts and may use FIRST_SHARE of the allowance, less what
+the rises in view want; one the allowance does not cover ends early, flagged
 unconverged (``_hvp_cap``).
 
 Where it runs: on the training thread, after ``mon.step``, in the model's mode; the
@@ -34,14 +35,15 @@ from typing import Any, Literal
 
 import torch
 
-from edgewatch.client.pacing import PlanView, Rises, Spending, StepClock, Stir
+from edgewatch.client.pacing import Spending, StepClock, Stir
+from edgewatch.client.readings import critical_fields, estimate_fields
+from edgewatch.client.rises import PlanView, Rises
 from edgewatch.client.schedule import PlanSource
 from edgewatch.monitor.direction import update_direction
 from edgewatch.monitor.hvp import flat_params
 from edgewatch.monitor.line_search import CriticalSharpness, critical_sharpness
 from edgewatch.monitor.thresholds import uses_preconditioned_sharpness
 from edgewatch.monitor.tracking import SharpnessTracker, TrackedEstimate
-from edgewatch.schemas import CRITICAL_METHOD
 
 log = logging.getLogger("edgewatch.client")
 Kind = Literal["sharpness", "critical"]
@@ -82,11 +84,12 @@ class CurvatureSchedule:
       Adam start shows in the loss within steps, which the daemon reads.
     - ``rise``: the planned LR within ``horizon`` + lead steps exceeds 1.5 × the highest
       LR the last estimate was taken to vouch for: each stretch of a warmup, a scheduled
-      jump, a cyclic restart; and, before a sharp rise, once more within half a horizon
-      of it (``pacing.Rises``: the sharpness may grow in between). The lead (the
-      estimate's expected slices plus LEAD) makes it arrive before the daemon's horizon
-      reaches the rise. The plan comes from the job's scheduler, stepped ahead on this
-      thread (``client/pacing.py``: the sender thread's copy may arrive too late).
+      jump, a cyclic restart; before a sharp rise, once more within half a horizon of
+      it; and the plan's peak in view (a warmup's end) once within a horizon of it
+      (``rises.Rises``: the sharpness may grow in between). The lead (the estimate's
+      expected slices plus LEAD) makes it arrive before the daemon's horizon reaches
+      the rise. The plan comes from the job's scheduler, stepped ahead on this thread
+      (``rises.PlanView``: the sender thread's copy may arrive too late).
     - ``stir``: the loss or gradient norm jumped off its running mean (``pacing.Stir``).
     - ``cadence`` / ``edge``: otherwise at a steady cadence, so that progressive
       sharpening's trend is known; URGENT times more often when the daemon's last Ack put
@@ -206,6 +209,7 @@ class CurvatureSchedule:
         if self.view is not None and lr is not None:
             begun = time.perf_counter()
             if self.view.update(self.step, float(lr)):
+                self.rises.replanned(self.step)
                 self.spending.charge(time.perf_counter() - begun)
         if self.step < self.not_before:
             return None
@@ -243,12 +247,12 @@ class CurvatureSchedule:
             return None
         if age < MIN_GAP:
             return None
-        if stirred:
-            return "stir"
-        # Spread what is free over the steps left: one estimate per `cost` of it.
         free -= self.reserve()
         if not free >= cost:  # the rises in view come first
             return None
+        if stirred:
+            return "stir"
+        # Spread what is free over the steps left: one estimate per `cost` of it.
         left = max(self.expected_steps() - self.step, 1)
         interval = max(left * cost / free, MIN_GAP) / self.urgency
         if age >= interval:
@@ -270,7 +274,7 @@ class CurvatureSchedule:
             return MAX_HVPS  # the first slice: its cost is not known before it
         free = self.free()
         if self.tracker.last is None:  # the first leaves room for those before rises
-            free -= (1 - FIRST_SHARE) * self.allowance()
+            free -= max((1 - FIRST_SHARE) * self.allowance(), self.reserve())
         elif self.reason != "rise":
             free -= self.reserve()
         more = int(free / per_hvp) - 1  # one unit for the probe graph
@@ -347,29 +351,9 @@ class CurvatureSchedule:
             if found is None or not math.isfinite(found.lambda_c):
                 return None  # no update yet, or no rise within the search: nothing to say
             self.critical_found += 1
-            return {
-                "value": found.lambda_c,
-                "method": CRITICAL_METHOD,
-                "matvecs": 0,
-                "seconds": seconds,
-                "lr": lr,
-            }
+            return critical_fields(found, seconds, lr)
         est, seconds = self.slice()
-        if est is None:
-            return None
-        return {
-            "value": est.value,
-            "preconditioned": est.preconditioned,
-            "method": "lanczos",
-            "matvecs": est.matvecs,
-            "residual": est.residual,
-            "seconds": seconds,
-            "lr": lr,
-            "update_curvature": _finite(
-                est.update_curvature_preconditioned if est.preconditioned else est.update_curvature
-            ),
-            "eta_max": _finite(est.eta_max),
-        }
+        return None if est is None else estimate_fields(est, seconds, lr)
 
     def failed(self, kind: Kind, seconds: float) -> None:
         """An attempt raised (a broken probe): charge it, and let neither kind try again
@@ -393,7 +377,3 @@ class CurvatureSchedule:
         out["rise_unmeasured_step"] = self.rise_unmeasured
         out["curvature_permille"] = round(1000 * share) if math.isfinite(share) else 0
         return out
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
