@@ -1,6 +1,6 @@
 """A client of the daemon's read-only HTTP JSON API (``/api/...``), for the command line,
-the plots and the demo. Standard library only: it runs where the daemon's extras are not
-installed."""
+the plots and the demo. The answers decode into the views the daemon encodes
+(``schemas/views.py``); the standard library and msgspec, nothing of the daemon's."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+import msgspec
+
 from edgewatch.errors import ApiError
+from edgewatch.schemas import views
 
 DEFAULT_SERVER = "http://127.0.0.1:9108"
 
@@ -44,19 +47,23 @@ def job_path(job: str, what: str = "") -> str:
     return f"{path}/{what}" if what else path
 
 
-def jobs(server: str) -> list[dict[str, Any]]:
+def jobs(server: str) -> list[views.Job]:
     """Every job the daemon knows (``GET /api/jobs``)."""
-    found: list[dict[str, Any]] = api_get(server, "/api/jobs")
-    return found
+    return msgspec.convert(api_get(server, "/api/jobs"), list[views.Job])
 
 
-def job(server: str, job_id: str) -> dict[str, Any]:
-    """One job with its optimizer, schedule and current analysis."""
-    found: dict[str, Any] = api_get(server, job_path(job_id))
-    return found
+def job(server: str, job_id: str) -> views.Job:
+    """One job with its optimizer, schedule, current analysis and curvature spent."""
+    return msgspec.convert(api_get(server, job_path(job_id)), views.Job)
+
+
+def alerts(server: str, job_id: str) -> list[views.Alert]:
+    """The job's forecast state changes, in the order they were raised."""
+    return msgspec.convert(api_get(server, job_path(job_id, "alerts")), list[views.Alert])
 
 
 def job_list(server: str, job_id: str, what: str, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """One of a job's lists, in step order: ``steps``, ``sharpness`` or ``alerts``."""
+    """One of a job's table lists, in step order: ``steps`` or ``sharpness`` (rows of
+    the stored columns, as dicts)."""
     found: list[dict[str, Any]] = api_get(server, job_path(job_id, what), timeout=timeout)
     return found

@@ -19,9 +19,13 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
+from edgewatch import api_client
 from edgewatch._version import __version__
 from edgewatch.api_client import DEFAULT_SERVER, api_get
 from edgewatch.errors import ApiError, ConfigError
+from edgewatch.schemas import views
 from edgewatch.server.config import forecast_flags, forecast_overrides, predictor_from_flags
 
 
@@ -56,22 +60,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    jobs = api_get(args.server, "/api/jobs")
+    jobs = api_client.jobs(args.server)
     if args.json:
-        print(json.dumps(jobs, indent=2))
+        print(json.dumps(msgspec.to_builtins(jobs), indent=2))
         return 0
     if not jobs:
         print("no jobs yet: attach a training run with edgewatch.attach(optimizer, job=...)")
         return 0
     rows = [
-        [
-            j["job_id"],
-            j["status"],
-            _fmt(j["last_step"]),
-            _fmt(j["loss"]),
-            _fmt(j["records"]),
-            _ago(j["last_seen"]),
-        ]
+        [j.job_id, j.status, _fmt(j.last_step), _fmt(j.loss), _fmt(j.records), _ago(j.last_seen)]
         for j in jobs
     ]
     print(table(["JOB", "STATUS", "LAST STEP", "LAST LOSS", "RECORDS", "LAST SEEN"], rows))
@@ -80,29 +77,28 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     quoted = urllib.parse.quote(args.job, safe="")
-    job = api_get(args.server, f"/api/jobs/{quoted}")
-    last = job["last_step"] or 0
+    job = api_client.job(args.server, args.job)
+    last = job.last_step or 0
     steps = api_get(args.server, f"/api/jobs/{quoted}/steps?start={max(0, last - args.steps + 1)}")
     if args.json:
-        print(json.dumps({"job": job, "steps": steps}, indent=2))
+        print(json.dumps({"job": msgspec.to_builtins(job), "steps": steps}, indent=2))
         return 0
-    opt = job["optimizer"]
-    print(f"job {job['job_id']}  ({job['status']}, run {job['run']}, host {job['host'] or '-'})")
+    opt = job.optimizer
+    print(f"job {job.job_id}  ({job.status}, run {job.run}, host {job.host or '-'})")
     print(f"  optimizer   {opt.get('kind')}  lr={_fmt(opt.get('lr'))}  params={opt.get('params')}")
-    when = _ago(job["last_seen"])
-    print(f"  last step   {_fmt(job['last_step'])}  of {_fmt(job['total_steps'])}  ({when})")
-    print(f"  records     {job['records']} stored, {job['dropped']} dropped by the client")
-    now = f"lr={_fmt(job['lr'])}  loss={_fmt(job['loss'])}  grad_norm={_fmt(job['grad_norm'])}"
+    when = _ago(job.last_seen)
+    print(f"  last step   {_fmt(job.last_step)}  of {_fmt(job.total_steps)}  ({when})")
+    print(f"  records     {job.records} stored, {job.dropped} dropped by the client")
+    now = f"lr={_fmt(job.lr)}  loss={_fmt(job.loss)}  grad_norm={_fmt(job.grad_norm)}"
     print(f"  now         {now}")
-    sharp = job["sharpness"]
-    if sharp is not None:
-        kind = "preconditioned sharpness" if job["preconditioned"] else "sharpness"
-        print(f"  {kind} {_fmt(sharp)} (step {job['sharpness_step']})")
+    if job.sharpness is not None:
+        kind = "preconditioned sharpness" if job.preconditioned else "sharpness"
+        print(f"  {kind} {_fmt(job.sharpness)} (step {job.sharpness_step})")
         print(
-            f"  stability   threshold {_fmt(job['stability_threshold'])} at the current lr; "
-            f"ratio {_fmt(job['stability_ratio'])} (1.0 is the edge)"
+            f"  stability   threshold {_fmt(job.stability_threshold)} at the current lr; "
+            f"ratio {_fmt(job.stability_ratio)} (1.0 is the edge)"
         )
-    _print_analysis(job["analysis"], api_get(args.server, f"/api/jobs/{quoted}/alerts"))
+    _print_analysis(job.analysis, api_client.alerts(args.server, args.job))
     if steps:
         print(f"\n  last {len(steps)} steps:")
         rows = [
@@ -117,34 +113,34 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_analysis(analysis: dict[str, Any], alerts: list[dict[str, Any]]) -> None:
-    to_go = analysis["steps_to_instability"]
+def _print_analysis(analysis: views.Analysis, alerts: list[views.Alert]) -> None:
+    to_go = analysis.steps_to_instability
     forecast = "none within the plan" if to_go is None else f"in {to_go:.0f} steps"
-    print(f"  state       {analysis['state'].upper()}  (instability forecast: {forecast})")
-    resume = analysis.get("resume_step")
-    if resume is not None:
-        lr = analysis["recommended_lr"]
+    print(f"  state       {analysis.state.upper()}  (instability forecast: {forecast})")
+    lr = analysis.recommended_lr
+    if analysis.resume_step is not None:
         at = f" with lr <= {_fmt(lr)}" if lr is not None else ""
-        print(f"  recommend   resume from the last checkpoint at or before step {resume}{at}")
-    elif analysis["recommended_lr"] is not None:
-        warmup = analysis["recommended_warmup_steps"]
+        step = analysis.resume_step
+        print(f"  recommend   resume from the last checkpoint at or before step {step}{at}")
+    elif lr is not None:
+        warmup = analysis.recommended_warmup_steps
         extra = f", or warm up over {warmup} steps" if warmup else ""
-        print(f"  recommend   lr <= {_fmt(analysis['recommended_lr'])}{extra}")
-    print(f"  why         {analysis['reason']}")
+        print(f"  recommend   lr <= {_fmt(lr)}{extra}")
+    print(f"  why         {analysis.reason}")
     if alerts:
         print(f"\n  alerts ({len(alerts)}, latest last):")
         print("\n".join("  " + line for line in _alert_table(alerts[-5:]).splitlines()))
 
 
-def _alert_table(alerts: Sequence[dict[str, Any]]) -> str:
+def _alert_table(alerts: Sequence[views.Alert]) -> str:
     rows = [
         [
-            _fmt(a["step"]),
-            a["state"],
-            _fmt(a["steps_to_instability"]),
-            _fmt(a["recommended_lr"]),
-            _fmt(a["recommended_warmup_steps"]),
-            a["reason"],
+            _fmt(a.step),
+            a.state,
+            _fmt(a.steps_to_instability),
+            _fmt(a.recommended_lr),
+            _fmt(a.recommended_warmup_steps),
+            a.reason,
         ]
         for a in alerts
     ]
@@ -175,21 +171,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
         finally:
             store.close()
     alerts = [
-        {
-            "step": a.step,
-            "state": a.state,
-            "steps_to_instability": None
-            if a.steps_to_instability == math.inf
-            else a.steps_to_instability,
-            "recommended_lr": a.recommended_lr,
-            "recommended_warmup_steps": a.recommended_warmup_steps,
-            "resume_step": a.resume_step,
-            "reason": a.reason,
-        }
+        views.Alert(
+            step=a.step,
+            state=a.state,
+            steps_to_instability=views.finite(a.steps_to_instability),
+            steps_low=views.finite(a.steps_low),
+            steps_high=views.finite(a.steps_high),
+            stability_ratio=views.finite(a.ratio),
+            recommended_lr=a.recommended_lr,
+            recommended_warmup_steps=a.recommended_warmup_steps,
+            reason=a.reason,
+            resume_step=a.resume_step,
+        )
         for a in result.alerts
     ]
     if args.json:
-        print(json.dumps({"job_id": result.job_id, "run": result.run, "alerts": alerts}, indent=2))
+        answer = {"job_id": result.job_id, "run": result.run, "alerts": alerts}
+        print(json.dumps(msgspec.to_builtins(answer), indent=2))
         return 0
     print(
         f"job {result.job_id}  run {result.run}: {result.records} records replayed, "

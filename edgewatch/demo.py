@@ -94,10 +94,10 @@ def train(endpoint: str, job: str, steps: int) -> None:
 def what_edgewatch_saw(server: str, job: str) -> None:
     """The forecast as the daemon raised it (its alerts), against when the loss spiked:
     the first step whose loss is non-finite or twice its best so far."""
-    optimizer = api_client.job(server, job)["optimizer"]
+    optimizer = api_client.job(server, job).optimizer
     estimates = api_client.job_list(server, job, "sharpness")
     steps = api_client.job_list(server, job, "steps")
-    alerts = api_client.job_list(server, job, "alerts")
+    alerts = api_client.alerts(server, job)
     best, spike = float("inf"), None
     for s in steps:
         if s["loss"] is None or s["loss"] >= 2 * best:  # non-finite (stored as null) or doubled
@@ -106,26 +106,26 @@ def what_edgewatch_saw(server: str, job: str) -> None:
         best = min(best, s["loss"])
     print(f"  {len(estimates)} sharpness estimates over {len(steps)} steps; alerts:")
     for a in alerts:
-        to_go = a["steps_to_instability"]
+        to_go = a.steps_to_instability
         forecast = "-" if to_go is None else f"{to_go:.0f}"
-        print(f"  step {a['step']:4d}  {a['state'].upper():11s} steps to instability {forecast}")
-        print(f"             {a['reason']}")
+        print(f"  step {a.step:4d}  {a.state.upper():11s} steps to instability {forecast}")
+        print(f"             {a.reason}")
     if spike is not None:
         loss_text = "non-finite" if spike["loss"] is None else f"{spike['loss']:.3g}"
         print(
             f"  step {spike['step']:4d}  the loss spiked ({loss_text}, over twice its best "
             f"{best:.3g})"
         )
-    first = next((a for a in alerts if a["state"] != "stable"), None)
+    first = next((a for a in alerts if a.state != "stable"), None)
     lr_at = {s["step"]: s["lr"] for s in steps}
-    if first is not None and spike is not None and first["step"] < spike["step"]:
-        lr = lr_at[first["step"]]
+    if first is not None and spike is not None and first.step < spike["step"]:
+        lr = lr_at[first.step]
         print(
-            f"  => edgewatch warned {spike['step'] - first['step']} steps before the loss spiked,"
-            f" recommending lr <= {first['recommended_lr']:.3g}"
+            f"  => edgewatch warned {spike['step'] - first.step} steps before the loss spiked,"
+            f" recommending lr <= {first.recommended_lr:.3g}"
             + (
-                f" or a warmup over {first['recommended_warmup_steps']} steps"
-                if first["recommended_warmup_steps"]
+                f" or a warmup over {first.recommended_warmup_steps} steps"
+                if first.recommended_warmup_steps
                 else ""
             )
             + f" (the LR then was {lr:.3g}; the sharpness threshold at it"
@@ -137,11 +137,11 @@ def the_jobs(server: str, job: str) -> None:
     """What the daemon holds now, as ``edgewatch jobs`` and ``edgewatch show`` read it."""
     for found in api_client.jobs(server):
         print(
-            f"  {found['job_id']}  {found['status']}  last step {found['last_step']}  "
-            f"{found['records']} records"
+            f"  {found.job_id}  {found.status}  last step {found.last_step}  "
+            f"{found.records} records"
         )
-    analysis = api_client.job(server, job)["analysis"]
-    print(f"  {job}: {analysis['state'].upper()}  ({analysis['reason']})")
+    analysis = api_client.job(server, job).analysis
+    print(f"  {job}: {analysis.state.upper()}  ({analysis.reason})")
     print(f"  (the same from the shell: edgewatch jobs --server {server};")
     print(f"   edgewatch show {job} --server {server})")
 

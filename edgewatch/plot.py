@@ -19,9 +19,11 @@ import urllib.parse
 import warnings
 from typing import Any
 
+from edgewatch import api_client
 from edgewatch.api_client import api_get
 from edgewatch.errors import ConfigError
 from edgewatch.monitor.thresholds import threshold_for
+from edgewatch.schemas import views
 
 STATE_COLOURS = {
     "stable": "#2ca02c",
@@ -35,10 +37,10 @@ MAX_STEPS = 100_000  # one API page; longer jobs are drawn to their first 100k s
 def fetch(server: str, job: str) -> dict[str, Any]:
     quoted = urllib.parse.quote(job, safe="")
     return {
-        "job": api_get(server, f"/api/jobs/{quoted}"),
+        "job": api_client.job(server, job),
         "steps": api_get(server, f"/api/jobs/{quoted}/steps?limit={MAX_STEPS}", timeout=60),
         "sharpness": api_get(server, f"/api/jobs/{quoted}/sharpness?limit={MAX_STEPS}"),
-        "alerts": api_get(server, f"/api/jobs/{quoted}/alerts"),
+        "alerts": api_client.alerts(server, job),
     }
 
 
@@ -60,13 +62,13 @@ def _plot(data: dict[str, Any], path: str) -> None:
         raise ConfigError("edgewatch plot needs matplotlib: pip install 'edgewatch[plot]'") from exc
     job, steps, estimates, alerts = data["job"], data["steps"], data["sharpness"], data["alerts"]
     if not steps:
-        raise ConfigError(f"job {job['job_id']!r} has no steps to plot yet")
+        raise ConfigError(f"job {job.job_id!r} has no steps to plot yet")
     x = [s["step"] for s in steps]
     lrs = [s["lr"] for s in steps]
     fig, axes = plt.subplots(4, 1, sharex=True, figsize=(11, 11), height_ratios=[3, 2, 2, 2])
     top, ratio_ax, loss_ax, grad_ax = axes
-    kind = "preconditioned sharpness" if job.get("preconditioned") else "sharpness"
-    thresholds = [threshold_for(job["optimizer"], lr) if lr > 0 else math.nan for lr in lrs]
+    kind = "preconditioned sharpness" if job.preconditioned else "sharpness"
+    thresholds = [threshold_for(job.optimizer, lr) if lr > 0 else math.nan for lr in lrs]
     top.plot(x, thresholds, color="black", lw=1.2, label="stability threshold at the LR")
     top.plot(
         [e["step"] for e in estimates],
@@ -97,20 +99,20 @@ def _plot(data: dict[str, Any], path: str) -> None:
         ax.set_ylabel(label)
     grad_ax.set_xlabel("step")
     _draw_alerts(axes, top, alerts)
-    fig.suptitle(f"edgewatch: {job['job_id']} ({job['optimizer'].get('kind')}, {job['status']})")
+    fig.suptitle(f"edgewatch: {job.job_id} ({job.optimizer.get('kind')}, {job.status})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _draw_alerts(axes: Any, top: Any, alerts: list[dict[str, Any]]) -> None:
+def _draw_alerts(axes: Any, top: Any, alerts: list[views.Alert]) -> None:
     for alert in alerts:
-        colour = STATE_COLOURS.get(alert["state"], "grey")
+        colour = STATE_COLOURS.get(alert.state, "grey")
         for ax in axes:
-            ax.axvline(alert["step"], color=colour, lw=1, alpha=0.8)
+            ax.axvline(alert.step, color=colour, lw=1, alpha=0.8)
         top.annotate(
-            alert["state"],
-            (alert["step"], 1.0),
+            alert.state,
+            (alert.step, 1.0),
             xycoords=("data", "axes fraction"),
             rotation=90,
             va="top",
@@ -118,12 +120,12 @@ def _draw_alerts(axes: Any, top: Any, alerts: list[dict[str, Any]]) -> None:
             fontsize=7,
             color=colour,
         )
-        to_go = alert["steps_to_instability"]
-        if alert["state"] == "approaching" and to_go:
+        to_go = alert.steps_to_instability
+        if alert.state == "approaching" and to_go:
             top.annotate(
                 "",
-                xy=(alert["step"] + to_go, 0.9),
-                xytext=(alert["step"], 0.9),
+                xy=(alert.step + to_go, 0.9),
+                xytext=(alert.step, 0.9),
                 xycoords=("data", "axes fraction"),
                 arrowprops={"arrowstyle": "->", "color": colour},
             )

@@ -20,10 +20,11 @@ from edgewatch.errors import ConfigError
 from edgewatch.server.analysis import defer_block_path, load_block_path
 from edgewatch.server.config import Settings, is_loopback
 from edgewatch.server.counters import DaemonCounters
-from edgewatch.server.http import ApiContext, make_http_server, serve_in_thread
+from edgewatch.server.http import make_http_server, serve_in_thread
 from edgewatch.server.ingest import Ingest
 from edgewatch.server.metrics import make_registry
 from edgewatch.server.retention import Retention
+from edgewatch.server.routes import ApiContext
 from edgewatch.server.state import JobTable
 from edgewatch.server.store import Store
 

@@ -29,14 +29,13 @@ from sqlalchemy import Table, and_, func, select
 
 from edgewatch.monitor.plan import LRPlan
 from edgewatch.monitor.thresholds import threshold_for
-from edgewatch.schemas import CRITICAL_METHOD
 from edgewatch.server.analysis import plan_from_detail
 from edgewatch.server.archive import BLOCK
 from edgewatch.server.blocks import F64, I64, SPECS, RunBlocks, SeriesCache, TableSpec
 from edgewatch.server.rows import PLAN_EVENT
 from edgewatch.server.state import JobState
 from edgewatch.server.store import Store
-from edgewatch.server.tables import EventRow, SharpnessRow
+from edgewatch.server.tables import EventRow
 
 DEFAULT_POINTS = 2000
 MAX_POINTS = 10_000
@@ -319,16 +318,3 @@ def _curve_steps(plan: LRPlan, first: int) -> list[int]:
         return []
     even = np.linspace(first, plan.end, PLAN_SAMPLES).round().astype(np.int64).tolist()
     return sorted({*even, *plan.knots_between(first, plan.end)})
-
-
-def curvature_spent(store: Store, state: JobState) -> dict[str, Any]:
-    """What the job's current run got from its curvature budget: the number of λ_max
-    estimates (a critical sharpness is not one) and the seconds the client spent on them.
-    The page says it next to the budget, so that one estimate is explained, not a dot."""
-    t: Table = SharpnessRow.__table__  # type: ignore[assignment]
-    query = select(func.count(), func.sum(t.c.seconds)).where(
-        t.c.job_pk == state.pk, t.c.run == state.run, t.c.method != CRITICAL_METHOD
-    )
-    with store.engine.connect() as conn:
-        count, seconds = conn.execute(query).one()
-    return {"estimates": int(count or 0), "curvature_seconds": float(seconds or 0.0)}

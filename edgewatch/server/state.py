@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Protocol
 from edgewatch.monitor.forecast import JobForecast
 from edgewatch.monitor.settings import PredictorSettings
 from edgewatch.monitor.thresholds import threshold_for, uses_preconditioned_sharpness
+from edgewatch.schemas import views
 
 
 class StepReading(Protocol):
@@ -163,47 +164,45 @@ class JobState:
             return max(ratio or 0.0, 1.0)
         return ratio
 
-    def to_api(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "status": self.status,
-            "run": self.run,
-            "last_step": self.last_step,
-            "records": self.records,
-            "dropped": self.dropped,
-            "last_seen": self.last_seen,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "host": self.host,
-            "world_size": self.world_size,
-            "total_steps": self.total_steps,
-            "budget": self.budget,
-            "settle_steps": self.settle_steps,
-            "preflight": self.preflight,
-            "optimizer": self.optimizer,
-            "lr": self.lr,
-            "loss": self.loss,
-            "grad_norm": self.grad_norm,
-            "sharpness": self.sharpness,
-            "sharpness_step": self.sharpness_step,
-            "preconditioned": self.preconditioned,
-            "stability_threshold": self.threshold,
-            "stability_ratio": self.stability_ratio,
-            "analysis": {
-                "state": self.state,
-                # JSON has no infinity: null means no crossing is forecast.
-                "steps_to_instability": self.steps_to_instability
-                if math.isfinite(self.steps_to_instability)
-                else None,
-                "recommended_lr": self.recommended_lr,
-                "recommended_warmup_steps": self.recommended_warmup_steps,
-                "resume_step": self.resume_step,
-                "alarm_ratio": self.alarm_ratio,
-                "sustained_level": self.sustained_level,
-                "planned_lr": self.planned_lr,
-                "reason": self.forecast_reason,
-            },
-        }
+    def view(self) -> views.Job:
+        """The job as ``GET /api/jobs`` shows it."""
+        return views.Job(
+            job_id=self.job_id,
+            status=self.status,
+            run=self.run,
+            last_step=self.last_step,
+            records=self.records,
+            dropped=self.dropped,
+            last_seen=self.last_seen,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            host=self.host,
+            world_size=self.world_size,
+            total_steps=self.total_steps,
+            budget=self.budget,
+            settle_steps=self.settle_steps,
+            preflight=self.preflight,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            loss=self.loss,
+            grad_norm=self.grad_norm,
+            sharpness=self.sharpness,
+            sharpness_step=self.sharpness_step,
+            preconditioned=self.preconditioned,
+            stability_threshold=self.threshold,
+            stability_ratio=self.stability_ratio,
+            analysis=views.Analysis(
+                state=self.state,
+                steps_to_instability=views.finite(self.steps_to_instability),
+                recommended_lr=self.recommended_lr,
+                recommended_warmup_steps=self.recommended_warmup_steps,
+                resume_step=self.resume_step,
+                alarm_ratio=self.alarm_ratio,
+                sustained_level=self.sustained_level,
+                planned_lr=self.planned_lr,
+                reason=self.forecast_reason,
+            ),
+        )
 
     def restore(
         self,

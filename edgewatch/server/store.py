@@ -277,6 +277,18 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query.limit(limit))]
 
+    def curvature_spent(self, job_pk: int, run: int) -> tuple[int, float]:
+        """What a run got from its curvature budget: its λ_max estimates (a critical
+        sharpness is not one) and the seconds the client spent on them. The page says
+        it next to the budget, so that one estimate is explained, not a dot."""
+        t = SharpnessRow.__table__
+        query = select(func.count(), func.sum(t.c.seconds)).where(
+            t.c.job_pk == job_pk, t.c.run == run, t.c.method != CRITICAL_METHOD
+        )
+        with self.engine.connect() as conn:
+            count, seconds = conn.execute(query).one()
+        return int(count or 0), float(seconds or 0.0)
+
     def last_alerts(self) -> dict[int, dict[str, Any]]:
         """Each job's latest alert of its current run, by job pk: a finished job's final
         state, which the daemon shows after a restart without replaying the job."""
