@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgewatch.schemas import Ack, Batch, JobStart, OptimizerInfo, Step, encode
+from edgewatch.schemas import Ack, Batch, Event, JobStart, OptimizerInfo, Sharpness, Step, encode
+from edgewatch.server.analysis import record_from_row
 from edgewatch.server.config import Settings
 from edgewatch.server.counters import DaemonCounters
 from edgewatch.server.intake import Intake
@@ -95,6 +96,28 @@ def test_resent_steps_are_counted_exactly_and_stored_once(intake: Intake) -> Non
     losses = {r["step"]: r["loss"] for r in rows}
     assert [losses[s] for s in (139, 140, 149, 150, 199, 200)] == [1.0, 1.0, 1.0, 9.0, 9.0, 2.0]
     assert rows[7]["group_lrs"] == [0.1, 0.01] and rows[8]["group_lrs"] is None
+
+
+def test_every_field_of_every_record_is_stored_and_read_back_as_sent(intake: Intake) -> None:
+    """A record's row is its wire Struct's fields (``tables.record_columns``): each record
+    with every field set comes back from the store, as ``replay`` and a restarted daemon
+    read it, equal to what the client sent."""
+    sent = [
+        Step(job="j", run=1, seq=1, step=0, wall_time=2.0, lr=0.1, group_lrs=[0.1, 0.01],
+             loss=2.5, grad_norm=1.5, update_norm=0.25, loss_scale=1024.0, tokens=4096,
+             moment_ratio=0.75),
+        Sharpness(job="j", run=1, seq=2, step=0, wall_time=2.5, value=12.5, preconditioned=True,
+                  method="lanczos", matvecs=6, residual=0.125, probe_batch=32, seconds=0.5,
+                  lr=0.1, update_curvature=3.5, eta_max=0.2),
+        Event(job="j", run=1, seq=3, step=1, wall_time=3.0, kind="checkpoint_saved",
+              detail="at step 1"),
+    ]  # fmt: skip
+    data = encode(Batch(job="j", run=1, frame_id=1, records=[START, *sent]))
+    assert commit(intake, data) == [(1, 3, 0)]
+    state = intake.jobs.get("j")
+    assert state is not None
+    stored = intake.store.run_records(state.pk, 1)
+    assert [record_from_row("j", table, row) for table, row in stored] == sent
 
 
 def test_nonfinite_losses_are_stored_as_data(intake: Intake) -> None:

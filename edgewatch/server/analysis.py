@@ -192,25 +192,18 @@ class RunAnalysis:
         return [self.alert_row(alert, wall) for alert, wall in self.feed(records)]
 
 
-STEP_FIELDS = (
-    *("lr", "group_lrs", "loss", "grad_norm", "update_norm", "loss_scale", "tokens"),
-    "moment_ratio",
-)
-SHARPNESS_FIELDS = (
-    *("value", "preconditioned", "method", "matvecs", "residual", "probe_batch", "seconds", "lr"),
-    *("update_curvature", "eta_max"),
-)
-
-
 def record_from_row(job_id: str, table: str, row: Mapping[str, Any]) -> AnyRecord:
     """A stored row (``Store.run_records``) as the wire record it came from; a plan is
     stored as an ``lr_plan`` event (``rows.plan_row``) and comes back as a Plan."""
+    if table == "steps":
+        fields = dict(row, job=job_id)
+        if isinstance(fields["group_lrs"], str):  # a JSON column, stored as text
+            fields["group_lrs"] = msgspec.json.decode(fields["group_lrs"])
+        return msgspec.convert(fields, Step)
+    if table == "sharpness":
+        return msgspec.convert(dict(row, job=job_id), Sharpness)
     key = {"job": job_id, "run": row["run"], "seq": row["seq"], "step": row["step"]}
     key["wall_time"] = row["wall_time"]
-    if table == "steps":
-        return Step(**key, **{n: row[n] for n in STEP_FIELDS})
-    if table == "sharpness":
-        return Sharpness(**key, **{n: row[n] for n in SHARPNESS_FIELDS})
     if row["kind"] == PLAN_EVENT:
         plan = plan_from_detail(row["detail"])
         if plan is not None:

@@ -26,7 +26,7 @@ from edgewatch.schemas import (
     Sharpness,
     Step,
 )
-from edgewatch.server.tables import JOB_ID_MAX
+from edgewatch.server.tables import FRAME_FIELDS, INSERT_COLUMNS, JOB_ID_MAX
 
 INT64_MAX = 2**63 - 1
 MAX_RECORDS_PER_FRAME = 100_000
@@ -140,33 +140,26 @@ def check_record(
     return None if ok else Reject.INVALID_VALUE
 
 
+# The rows are the records' fields in their Struct's order (``tables.record_columns``),
+# less the frame's, after the job's key.
+_OWN = len(FRAME_FIELDS)
+_GROUP_LRS = INSERT_COLUMNS["steps"].index("group_lrs")
+
+
 def step_row(pk: int, r: Step) -> tuple[Any, ...]:
-    group_lrs = _json.encode(r.group_lrs).decode() if r.group_lrs is not None else None
-    return (
-        pk,
-        r.run,
-        r.seq,
-        r.step,
-        r.wall_time,
-        r.lr,
-        group_lrs,
-        r.loss,
-        r.grad_norm,
-        r.update_norm,
-        r.loss_scale,
-        r.tokens,
-        r.moment_ratio,
-    )
+    row = (pk, *msgspec.structs.astuple(r)[_OWN:])
+    if r.group_lrs is None:
+        return row
+    encoded = _json.encode(r.group_lrs).decode()  # a JSON column travels as text
+    return (*row[:_GROUP_LRS], encoded, *row[_GROUP_LRS + 1 :])
 
 
 def sharpness_row(pk: int, r: Sharpness) -> tuple[Any, ...]:
-    return (pk, r.run, r.seq, r.step, r.wall_time, r.value, r.preconditioned, r.method,
-            r.matvecs, r.residual, r.probe_batch, r.seconds, r.lr, r.update_curvature,
-            r.eta_max)  # fmt: skip
+    return (pk, *msgspec.structs.astuple(r)[_OWN:])
 
 
 def event_row(pk: int, r: Event) -> tuple[Any, ...]:
-    return (pk, r.run, r.seq, r.step, r.wall_time, r.kind, r.detail)
+    return (pk, *msgspec.structs.astuple(r)[_OWN:])
 
 
 PLAN_EVENT = "lr_plan"

@@ -30,6 +30,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from edgewatch.schemas import Event, Record, Sharpness, Step
+
 JOB_ID_MAX = 200
 
 # A Python None is SQL NULL, not the JSON text 'null'.
@@ -193,21 +195,26 @@ class CheckpointRow(Base):
     written_at: Mapped[float] = mapped_column(Float)
 
 
-# The column order of the tuples the ingest path builds for the bulk inserts
-# (``server/rows.py``); JSON columns travel as already-encoded text.
+FRAME_FIELDS = ("protocol", "job")
+"""A wire record's first fields, which its frame settles: not stored in its row (the job
+is the row's ``job_pk``)."""
+
+
+def record_columns(kind: type[Record]) -> tuple[str, ...]:
+    """The columns of a client record's table, in the order of the tuples the ingest
+    path builds for the bulk inserts (``server/rows.py``): the job's key, then the wire
+    Struct's own fields as it declares them. A field added to the Struct is a column of
+    its table (and a migration), nothing else here."""
+    fields = kind.__struct_fields__
+    assert fields[: len(FRAME_FIELDS)] == FRAME_FIELDS, fields
+    return ("job_pk", *fields[len(FRAME_FIELDS) :])
+
+
 KEY_COLUMNS = ("job_pk", "run", "seq", "step", "wall_time")
 INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "steps": (
-        *KEY_COLUMNS,
-        *("lr", "group_lrs", "loss", "grad_norm", "update_norm", "loss_scale", "tokens"),
-        "moment_ratio",
-    ),
-    "sharpness": (
-        *KEY_COLUMNS,
-        *("value", "preconditioned", "method", "matvecs", "residual", "probe_batch", "seconds"),
-        *("lr", "update_curvature", "eta_max"),
-    ),
-    "events": (*KEY_COLUMNS, "kind", "detail"),
+    "steps": record_columns(Step),
+    "sharpness": record_columns(Sharpness),
+    "events": record_columns(Event),
     "alerts": (
         *KEY_COLUMNS,
         *("state", "steps_to_instability", "steps_low", "steps_high", "ratio"),
