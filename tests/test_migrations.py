@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from conftest import DaemonFactory, metric
 from test_retention import send
 
-from edgewatch.schemas import JobEnd, JobStart, OptimizerInfo, Step
+from edgewatch.schemas import JobEnd, JobStart, OptimizerInfo, Plan, Step
 from edgewatch.server.partitions import DEFAULT, LIVE, day_name
 from edgewatch.server.process import spawn_daemon, wait_healthy
 from edgewatch.server.tables import Base
@@ -134,24 +134,40 @@ def test_upgrades_racing_on_an_empty_postgresql_all_succeed(
     assert revision(postgres_url) == head_revision()
 
 
+def finished_job_at(
+    conn: sqlalchemy.Connection,
+    revision: str,
+    job: str,
+    *,
+    run: int,
+    records: int,
+    now: float,
+    last_step: int | None = None,
+) -> None:
+    """The schema at ``revision``, and a finished SGD job (pk 1) of ``records`` records
+    from host h, pid 42, as edgewatch wrote its row then."""
+    config = alembic_config()
+    config.attributes["connection"] = conn
+    command.upgrade(config, revision)
+    conn.execute(
+        sqlalchemy.text(
+            "INSERT INTO jobs (job_id, status, run, optimizer, rank, world_size, host, "
+            "pid, client_version, torch_version, budget, started_at, ended_at, last_seen, "
+            "last_step, last_loss, records, dropped) VALUES (:job, 'finished', :run, "
+            "'{\"kind\": \"SGD\", \"lr\": 0.1}', 0, 1, 'h', 42, '', '', 0.02, :t, :t, :t, "
+            ":last, 1.0, :records, 0)"
+        ),
+        {"job": job, "run": run, "t": now, "records": records,
+         "last": records - 1 if last_step is None else last_step},
+    )  # fmt: skip
+
+
 def make_0002_database(url: str, now: float) -> None:
     """A database as edgewatch wrote it at revision 0002: a finished job of 300 steps,
     100 from today, 100 from three days ago, 100 with a clock at 1970."""
     engine = sqlalchemy.create_engine(url)
-    config = alembic_config()
     with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0002")
-        conn.execute(
-            sqlalchemy.text(
-                "INSERT INTO jobs (job_id, status, run, optimizer, rank, world_size, host, "
-                "pid, client_version, torch_version, budget, started_at, ended_at, last_seen, "
-                "last_step, last_loss, records, dropped) VALUES ('old', 'finished', 7, "
-                "'{\"kind\": \"SGD\", \"lr\": 0.1}', 0, 1, 'h', 42, '', '', 0.02, :t, :t, :t, "
-                "299, 1.0, 300, 0)"
-            ),
-            {"t": now},
-        )
+        finished_job_at(conn, "0002", "old", run=7, records=300, now=now)
         walls = [now - 300 + i for i in range(100)]
         walls += [now - 3 * 86_400 + i for i in range(100)]
         walls += [1.0 + i for i in range(100)]
@@ -213,3 +229,72 @@ def test_a_database_at_0002_upgrades_its_steps_into_retention(
     assert [s["step"] for s in steps] == list(range(100))
     series = http_json(base + "/api/jobs/old/series")
     assert (series["steps"]["rows"], series["first_step"], series["last_step"]) == (300, 0, 299)
+
+
+def make_0003_database_with_plans(url: str, now: float) -> None:
+    """A database as edgewatch wrote it at revision 0003, when an LR plan was an event
+    of kind ``lr_plan``: a finished job with two plans, an event that only looks like
+    one (its detail is not a plan), and a checkpoint event."""
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        finished_job_at(conn, "0003", "planned", run=3, records=104, now=now, last_step=99)
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO steps (job_pk, run, seq, step, wall_time, lr, loss, grad_norm) "
+                "VALUES (1, 3, :seq, :step, :wall, 0.1, 1.0, 1.0)"
+            ),
+            [{"seq": i + 2, "step": i, "wall": now - 100 + i} for i in range(100)],
+        )
+        events = [
+            (1, 0, '{"steps": [0, 100], "lrs": [0.0, 0.1], "source": "LambdaLR"}'),
+            (50, 49, "not a plan"),
+            (103, 99, '{"steps": [99, 1000], "lrs": [0.1, 0.01], "source": "function"}'),
+        ]
+        for seq, step, detail in events:
+            conn.execute(
+                sqlalchemy.text(
+                    "INSERT INTO events (job_pk, run, seq, step, wall_time, kind, detail) "
+                    "VALUES (1, 3, :seq, :step, :wall, 'lr_plan', :detail)"
+                ),
+                {"seq": seq, "step": step, "wall": now, "detail": detail},
+            )
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO events (job_pk, run, seq, step, wall_time, kind, detail) "
+                "VALUES (1, 3, 104, 99, :wall, 'checkpoint_saved', 'at step 99')"
+            ),
+            {"wall": now},
+        )
+    engine.dispose()
+
+
+def test_a_database_at_0003_moves_its_lr_plans_into_their_table(
+    db_url: str, make_daemon: DaemonFactory
+) -> None:
+    """Revision 0004 on a database written at 0003: the plans leave the events table with
+    their delivery key (a resend is still a duplicate), the newest is served, and what
+    was not a plan stays an event."""
+    now = time.time()
+    make_0003_database_with_plans(db_url, now)
+    daemon = make_daemon(db=db_url)
+    assert revision(db_url) == head_revision()
+    plan = http_json(daemon.http_url + "/api/jobs/planned/plan")
+    assert (plan["step"], plan["steps"], plan["lrs"], plan["source"]) == (
+        99,
+        [99, 1000],
+        [0.1, 0.01],
+        "function",
+    )
+    pk = daemon.store.jobs()[0]["pk"]
+    stored = [(table, row["seq"]) for table, row in daemon.store.run_records(pk, 3)]
+    assert [s for s in stored if s[0] != "steps"] == [
+        ("plans", 1),
+        ("events", 50),
+        ("plans", 103),
+        ("events", 104),
+    ]
+    start = JobStart(job="planned", run=3, seq=0, wall_time=now, host="h", pid=42,
+                     optimizer=OptimizerInfo(kind="SGD", lr=0.1))  # fmt: skip
+    resent = Plan(job="planned", run=3, seq=1, step=0, wall_time=now, steps=[0, 100],
+                  lrs=[0.0, 0.1], source="LambdaLR")  # fmt: skip
+    assert send(daemon.endpoint, [start, resent]) == (0, 1)

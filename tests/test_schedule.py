@@ -102,7 +102,7 @@ def test_a_schedule_that_raises_past_the_run_plans_up_to_it(
     plans = [
         row[1]
         for row in daemon.store.run_records(job_pk(daemon, "nanogpt-lr"), job["run"])
-        if row[0] == "events" and row[1]["kind"] == "lr_plan"
+        if row[0] == "plans"
     ]
     assert len(plans) == 1  # the plan reaches the run's end: nothing to plan again
 
@@ -134,7 +134,7 @@ def test_the_daemon_gets_the_plan_and_a_new_one_when_the_lr_leaves_it(daemon: Da
     plans = [
         row
         for row in daemon.store.run_records(job_pk(daemon, "planned"), job["run"])
-        if row[0] == "events" and row[1]["kind"] == "lr_plan"
+        if row[0] == "plans"
     ]
     assert len(plans) == 2  # at the first step, and after the LR left the plan
     assert plans[1][1]["step"] > 150

@@ -32,9 +32,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from bench.common import OUT, daemon_process, header, peak_rss_mb
-from edgewatch.schemas import JobEnd, JobStart, OptimizerInfo, Plan
+from edgewatch.schemas import JobEnd, JobStart, OptimizerInfo, Plan, Sharpness, Step
 from edgewatch.server.blocks import SeriesCache
-from edgewatch.server.rows import plan_row
+from edgewatch.server.rows import plan_row, sharpness_row, step_row
 from edgewatch.server.store import FrameWrite, JobProgress, Store
 from edgewatch.server.tables import StepRow
 from edgewatch_testkit.browser import Browser, why_no_browser
@@ -62,26 +62,31 @@ def write_job(store: Store, job: str, steps: int) -> None:
     knots = sorted({0, steps // 50, *range(0, steps, max(1, steps // 64)), steps - 1})
     plan = Plan(job=job, run=run, seq=1, step=0, wall_time=t0, steps=knots,
                 lrs=[lr_at(s, steps) for s in knots], source="LambdaLR")  # fmt: skip
-    frame = FrameWrite(pk, events=[plan_row(pk, plan)])
+    frame = FrameWrite(pk, plans=[plan_row(pk, plan)])
     seq = 1
     for first in range(0, steps, BATCH):
         for step in range(first, min(steps, first + BATCH)):
             seq += 1
             lr = lr_at(step, steps)
             loss = 2.0 + 8.0 / math.sqrt(1 + step / 1000) + 0.05 * math.sin(step * 0.37)
-            frame.steps.append((pk, run, seq, step, t0 + step * 0.05, lr, None, loss,
-                                1.0 + 0.3 * math.sin(step * 0.011), None, None, None))  # fmt: skip
+            norm = 1.0 + 0.3 * math.sin(step * 0.011)
+            record = Step(job=job, run=run, seq=seq, step=step, wall_time=t0 + step * 0.05,
+                          lr=lr, loss=loss, grad_norm=norm)  # fmt: skip
+            frame.steps.append(step_row(pk, record))
             if step % SHARPNESS_EVERY == 0:
                 seq += 1
                 value = 38 / 3e-4 * 0.6 * (1 - math.exp(-step / (steps / 5)))
-                frame.sharpness.append((pk, run, seq, step, t0 + step * 0.05, value, True,
-                                        "lanczos", 20, 1e-4, 64, 0.01, lr))  # fmt: skip
+                estimate = Sharpness(job=job, run=run, seq=seq, step=step,
+                                     wall_time=t0 + step * 0.05, value=value, preconditioned=True,
+                                     matvecs=20, residual=1e-4, probe_batch=64, seconds=0.01,
+                                     lr=lr)  # fmt: skip
+                frame.sharpness.append(sharpness_row(pk, estimate))
         if first == 0:
             for n, (at, state) in enumerate(
                 [(steps // 40, "approaching"), (steps // 30, "stable")]
             ):
                 frame.alerts.append((pk, run, n + 1, at, t0 + at * 0.05, state, 200.0, 150.0,
-                                     260.0, 0.9, 2.4e-4, 0, "synthetic alert"))  # fmt: skip
+                                     260.0, 0.9, 2.4e-4, 0, "synthetic alert", None))  # fmt: skip
         last = min(steps, first + BATCH) - 1
         progress = JobProgress(pk, t0 + last * 0.05, last, 2.0, 0)
         store.write([frame], [progress])

@@ -23,7 +23,6 @@ import msgspec
 from edgewatch.monitor.forecast import DEFAULT_SETTINGS, Alert, JobForecast, PredictorSettings
 from edgewatch.monitor.plan import LRPlan
 from edgewatch.schemas import CRITICAL_METHOD, AnyRecord, Event, Plan, Sharpness, Step
-from edgewatch.server.rows import PLAN_EVENT
 from edgewatch.server.store import Store
 
 log = logging.getLogger(__name__)
@@ -193,31 +192,21 @@ class RunAnalysis:
 
 
 def record_from_row(job_id: str, table: str, row: Mapping[str, Any]) -> AnyRecord:
-    """A stored row (``Store.run_records``) as the wire record it came from; a plan is
-    stored as an ``lr_plan`` event (``rows.plan_row``) and comes back as a Plan."""
+    """A stored row (``Store.run_records``) as the wire record it came from: its table's
+    columns are the record's fields (``tables.record_columns``)."""
+    fields = dict(row, job=job_id)
     if table == "steps":
-        fields = dict(row, job=job_id)
         if isinstance(fields["group_lrs"], str):  # a JSON column, stored as text
             fields["group_lrs"] = msgspec.json.decode(fields["group_lrs"])
         return msgspec.convert(fields, Step)
-    if table == "sharpness":
-        return msgspec.convert(dict(row, job=job_id), Sharpness)
-    key = {"job": job_id, "run": row["run"], "seq": row["seq"], "step": row["step"]}
-    key["wall_time"] = row["wall_time"]
-    if row["kind"] == PLAN_EVENT:
-        plan = plan_from_detail(row["detail"])
-        if plan is not None:
-            return Plan(**key, steps=list(plan.steps), lrs=list(plan.lrs))
-    return Event(**key, kind=row["kind"], detail=row["detail"])
+    return msgspec.convert(fields, _RECORD_TYPES[table])
 
 
-def plan_from_detail(detail: str) -> LRPlan | None:
-    """The plan a stored ``lr_plan`` event holds, or None if it cannot be read."""
-    try:
-        knots = msgspec.json.decode(detail)
-        return LRPlan(tuple(knots["steps"]), tuple(knots["lrs"]))
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError):
-        return None
+_RECORD_TYPES: dict[str, type[AnyRecord]] = {
+    "sharpness": Sharpness,
+    "events": Event,
+    "plans": Plan,
+}
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -199,7 +199,7 @@ class Intake:
                         case Event():
                             write.events.append(rows.event_row(pk, record))
                         case Plan():
-                            write.events.append(rows.plan_row(pk, record))
+                            write.plans.append(rows.plan_row(pk, record))
                         case JobEnd():
                             write.end = record
                     if analysis is not None and record.run == analysis.run:

@@ -162,10 +162,9 @@ def event_row(pk: int, r: Event) -> tuple[Any, ...]:
     return (pk, *msgspec.structs.astuple(r)[_OWN:])
 
 
-PLAN_EVENT = "lr_plan"
+_PLAN_KNOTS = tuple(INSERT_COLUMNS["plans"].index(name) for name in ("steps", "lrs"))
 
 
 def plan_row(pk: int, r: Plan) -> tuple[Any, ...]:
-    """A plan is stored as an event whose detail is the knots as JSON (``plan_from_row``)."""
-    detail = _json.encode({"steps": r.steps, "lrs": r.lrs, "source": r.source}).decode()
-    return (pk, r.run, r.seq, r.step, r.wall_time, PLAN_EVENT, detail)
+    row = (pk, *msgspec.structs.astuple(r)[_OWN:])
+    return tuple(_json.encode(v).decode() if i in _PLAN_KNOTS else v for i, v in enumerate(row))

@@ -23,19 +23,15 @@ import dataclasses
 import math
 from typing import Any
 
-import msgspec
 import numpy as np
 from sqlalchemy import Table, and_, func, select
 
 from edgewatch.monitor.plan import LRPlan
 from edgewatch.monitor.thresholds import threshold_for
-from edgewatch.server.analysis import plan_from_detail
 from edgewatch.server.archive import BLOCK
 from edgewatch.server.blocks import F64, I64, SPECS, RunBlocks, SeriesCache, TableSpec
-from edgewatch.server.rows import PLAN_EVENT
 from edgewatch.server.state import JobState
 from edgewatch.server.store import Store
-from edgewatch.server.tables import EventRow
 
 DEFAULT_POINTS = 2000
 MAX_POINTS = 10_000
@@ -284,25 +280,16 @@ def _points(
 def job_plan(store: Store, state: JobState) -> dict[str, Any] | None:
     """``GET /api/jobs/{id}/plan``: the newest LR plan of the job's current run, and the
     planned LR and threshold from the last step to the plan's end; null without one."""
-    t: Table = EventRow.__table__  # type: ignore[assignment]
-    query = (
-        select(t.c.step, t.c.detail)
-        .where(t.c.job_pk == state.pk, t.c.run == state.run, t.c.kind == PLAN_EVENT)
-        .order_by(t.c.seq.desc())
-        .limit(1)
-    )
-    with store.engine.connect() as conn:
-        row = conn.execute(query).first()
-    plan = plan_from_detail(row.detail) if row is not None else None
-    if row is None or plan is None:
+    row = store.latest_plan(state.pk, state.run)
+    if row is None:
         return None
-    source = msgspec.json.decode(row.detail).get("source", "")
+    plan = LRPlan(tuple(row["steps"]), tuple(row["lrs"]))
     first = max(plan.steps[0], state.last_step if state.last_step is not None else 0)
     steps = _curve_steps(plan, first)
     lrs = [plan.at(s) for s in steps]
     return {
-        "step": row.step,
-        "source": source,
+        "step": row["step"],
+        "source": row["source"],
         "steps": list(plan.steps),
         "lrs": list(plan.lrs),
         "curve": {

@@ -22,7 +22,6 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from edgewatch.errors import ConfigError
 from edgewatch.schemas import CRITICAL_METHOD, JobEnd, JobStart
 from edgewatch.server.bulk import BulkInsert
-from edgewatch.server.rows import PLAN_EVENT
 from edgewatch.server.tables import (
     INSERT_COLUMNS,
     RECORD_TABLES,
@@ -30,6 +29,7 @@ from edgewatch.server.tables import (
     Base,
     EventRow,
     JobRow,
+    PlanRow,
     SharpnessRow,
     StepRow,
 )
@@ -49,6 +49,7 @@ class FrameWrite:
     steps: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
     sharpness: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
     events: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
+    plans: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
     alerts: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
     """The daemon's own rows: state changes the frame's records caused."""
     end: JobEnd | None = None
@@ -56,7 +57,7 @@ class FrameWrite:
 
     @property
     def rows(self) -> int:
-        return len(self.steps) + len(self.sharpness) + len(self.events)
+        return len(self.steps) + len(self.sharpness) + len(self.events) + len(self.plans)
 
 
 @dataclasses.dataclass
@@ -326,7 +327,8 @@ class Store:
     def has_run(self, job_pk: int, run: int) -> bool:
         """Whether any record of this run is stored (one seek per record table's key)."""
         with self.engine.connect() as conn:
-            for t in (StepRow.__table__, SharpnessRow.__table__, EventRow.__table__):
+            for name in RECORD_TABLES:
+                t = Base.metadata.tables[name]
                 query = select(t.c.seq).where(t.c.job_pk == job_pk, t.c.run == run).limit(1)
                 if conn.execute(query).first() is not None:
                     return True
@@ -334,10 +336,18 @@ class Store:
 
     def had_plan(self, job_pk: int, run: int) -> bool:
         """Whether the run sent an LR plan (a finished job's ``planned_lr`` after restart)."""
-        t = EventRow.__table__
-        query = select(t.c.seq).where(t.c.job_pk == job_pk, t.c.run == run, t.c.kind == PLAN_EVENT)
+        t = PlanRow.__table__
+        query = select(t.c.seq).where(t.c.job_pk == job_pk, t.c.run == run)
         with self.engine.connect() as conn:
             return conn.execute(query.limit(1)).first() is not None
+
+    def latest_plan(self, job_pk: int, run: int) -> dict[str, Any] | None:
+        """The newest LR plan the run sent (a ``plans`` row), or None."""
+        t = PlanRow.__table__
+        query = select(t).where(t.c.job_pk == job_pk, t.c.run == run).order_by(t.c.seq.desc())
+        with self.engine.connect() as conn:
+            row = conn.execute(query.limit(1)).first()
+        return None if row is None else dict(row._mapping)
 
     def run_records(
         self, job_pk: int, run: int, after: int = 0
@@ -351,6 +361,7 @@ class Store:
                 ("steps", StepRow.__table__),
                 ("sharpness", SharpnessRow.__table__),
                 ("events", EventRow.__table__),
+                ("plans", PlanRow.__table__),
             ):
                 query = (
                     select(table)

@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from edgewatch.schemas import Event, Record, Sharpness, Step
+from edgewatch.schemas import Event, Plan, Record, Sharpness, Step
 
 JOB_ID_MAX = 200
 
@@ -121,6 +121,18 @@ class EventRow(_RecordKey, Base):
 
     kind: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class PlanRow(_RecordKey, Base):
+    """An LR plan the client sent (``schemas.Plan``): knots, straight lines between them;
+    the newest of a run replaces the others."""
+
+    __tablename__ = "plans"
+    __table_args__ = _WITHOUT_ROWID
+
+    steps: Mapped[list[int]] = mapped_column(JSON)
+    lrs: Mapped[list[float]] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(64), default="")
 
 
 class AlertRow(_RecordKey, Base):
@@ -215,11 +227,12 @@ INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
     "steps": record_columns(Step),
     "sharpness": record_columns(Sharpness),
     "events": record_columns(Event),
+    "plans": record_columns(Plan),
     "alerts": (
         *KEY_COLUMNS,
         *("state", "steps_to_instability", "steps_low", "steps_high", "ratio"),
         *("recommended_lr", "recommended_warmup_steps", "reason", "resume_step"),
     ),
 }
-RECORD_TABLES = ("steps", "sharpness", "events")
+RECORD_TABLES = ("steps", "sharpness", "events", "plans")
 """Tables of client records; ``alerts`` are the daemon's own and not counted as records."""
