@@ -26,7 +26,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, MetaData, func, inspect, select, text
+from sqlalchemy import Connection, Engine, MetaData, create_engine, func, inspect, select, text
 
 from edgewatch.server.tables import Base
 
@@ -56,7 +56,8 @@ def upgrade(engine: Engine) -> str | None:
             conn.execute(select(func.pg_advisory_xact_lock(LOCK_KEY)))
         before = MigrationContext.configure(conn).get_current_revision()
         if before is None and inspect(conn).has_table("jobs"):
-            add_missing_columns(conn, Base.metadata)  # made by create_all, before Alembic
+            # Made by create_all, before Alembic: brought to the base revision's columns.
+            add_missing_columns(conn, Base.metadata, base_columns())
             config.attributes["connection"] = conn
             command.stamp(config, BASE_REVISION)
             before = BASE_REVISION
@@ -68,10 +69,32 @@ def upgrade(engine: Engine) -> str | None:
     return before
 
 
-def add_missing_columns(conn: Connection, metadata: MetaData) -> list[str]:
-    """Add the nullable columns a pre-Alembic database lacks; returns them as
+def base_columns() -> dict[str, set[str]]:
+    """Each table's columns at BASE_REVISION, from its migration run on an in-memory
+    SQLite (a few ms, and only for a database from before Alembic)."""
+    engine = create_engine("sqlite://")
+    try:
+        with engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.upgrade(config, BASE_REVISION)
+            inspector = inspect(conn)
+            return {
+                t: {c["name"] for c in inspector.get_columns(t)}
+                for t in inspector.get_table_names()
+            }
+    finally:
+        engine.dispose()
+
+
+def add_missing_columns(
+    conn: Connection, metadata: MetaData, wanted: dict[str, set[str]]
+) -> list[str]:
+    """Add the nullable columns of ``wanted`` (the base revision's, ``base_columns``) a
+    pre-Alembic database lacks, as ``metadata`` types them; returns them as
     ``table.column``. Every change before Alembic was such a column (a new wire field with
-    a default); every change since is a revision in ``migrations/versions/``."""
+    a default); every change since is a revision in ``migrations/versions/``, which adds
+    its own columns after the stamp."""
     inspector = inspect(conn)
     added = []
     for table in metadata.sorted_tables:
@@ -79,7 +102,7 @@ def add_missing_columns(conn: Connection, metadata: MetaData) -> list[str]:
             continue  # a table of a later revision: the upgrade makes it
         present = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
-            if column.name in present:
+            if column.name in present or column.name not in wanted.get(table.name, ()):
                 continue
             if not column.nullable:
                 raise RuntimeError(
