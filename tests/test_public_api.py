@@ -148,6 +148,11 @@ def test_every_public_name_is_exported_and_every_export_exists() -> None:
 def test_classes_say_what_they_are() -> None:
     from edgewatch.client.curvature import CurvatureSchedule
     from edgewatch.client.sender import Sender
+    from edgewatch.server.daemon import Daemon
+    from edgewatch.server.metrics import EdgewatchCollector
+    from edgewatch.server.state import JobState
 
-    for cls in (edgewatch.Monitor, Sender, CurvatureSchedule, edgewatch.client.AttachOptions):
-        assert cls.__doc__ and len(cls.__doc__.split()) >= 8, cls.__name__
+    central = (edgewatch.Monitor, Sender, CurvatureSchedule, edgewatch.client.AttachOptions)
+    for cls in (*central, Daemon, JobState, EdgewatchCollector):
+        written = cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}(")  # a dataclass's
+        assert written and len(cls.__doc__.split()) >= 8, cls.__name__

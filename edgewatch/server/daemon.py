@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 
 class Daemon:
+    """One daemon: its store, job table, ingest loop, HTTP server and retention, started
+    by ``start`` on background threads and stopped by ``stop`` (which commits what was
+    received first). ``endpoint`` and ``http_url`` say where it listens once started."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         defer_block_path()  # serve first: the rebuild below goes step by step if need be

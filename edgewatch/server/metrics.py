@@ -26,6 +26,10 @@ REJECT_REASONS = tuple(r.value for r in Reject)
 
 
 class EdgewatchCollector(Collector):
+    """The daemon's metrics, read from the job table and the counters at each scrape:
+    per-job series for the jobs this daemon analyses and has heard from within
+    ``job_expiry`` seconds, and the daemon's own counters."""
+
     def __init__(self, jobs: JobTable, counters: DaemonCounters, job_expiry: float) -> None:
         self.jobs = jobs
         self.counters = counters

@@ -60,6 +60,10 @@ class Estimate(NamedTuple):
 
 @dataclasses.dataclass
 class JobState:
+    """What the daemon knows of one job now: its row's fields, the newest readings and
+    the forecast, written by the ingest thread after each commit (``apply``) and read
+    by ``/metrics`` and the API through ``JobTable`` snapshots."""
+
     pk: int
     job_id: str
     run: int
