@@ -24,9 +24,12 @@ ESTIMATE_STEPS = 4
 WARMUP = 1000
 
 
-def walk(plan: Callable[[int], float], first: int, steps: int) -> tuple[list[int], int]:
+def walk(
+    plan: Callable[[int], float], first: int, steps: int, affordable: int = 2
+) -> tuple[list[int], int]:
     """The steps ``rise`` estimates start at after a first one at ``first``, and how many
-    the rises in view were said to want right after that first one."""
+    the rises in view were said to want right after that first one; ``affordable``: the
+    estimates the allowance covers at each step."""
     param = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.SGD([param], lr=plan(0))
     view = PlanView(PlanSource(plan, optimizer))
@@ -40,7 +43,7 @@ def walk(plan: Callable[[int], float], first: int, steps: int) -> tuple[list[int
             rises.replanned(step)
         if step < busy_until:
             continue
-        why = rises.due(step, plan(step), LEAD, step - busy_until, affordable=2)
+        why = rises.due(step, plan(step), LEAD, step - busy_until, affordable)
         if why is not None:
             rises.started(step, plan(step), LEAD, refresh=why == "refresh")
             starts.append(step)
@@ -71,15 +74,25 @@ def test_a_long_warmup_is_measured_as_its_lr_grows_by_half_and_within_a_horizon_
     assert wanted == len(starts)
 
 
-def test_a_scheduled_jump_is_measured_a_lead_ahead_and_again_within_half_a_horizon() -> None:
-    def jump(step: int) -> float:
-        return 1e-3 if step < 250 else 3e-2
+def jump(step: int) -> float:
+    return 1e-3 if step < 250 else 3e-2
 
+
+def test_a_scheduled_jump_is_measured_a_lead_ahead_and_again_within_half_a_horizon() -> None:
     starts, wanted = walk(jump, first=3, steps=400)
     assert len(starts) == wanted == 2
     ahead, refresh = starts
     assert 250 - LEAD <= ahead <= 250 - HORIZON
     assert 250 - LEAD + HORIZON // 2 <= refresh <= 250 - HORIZON // 2
+
+
+def test_where_one_estimate_is_affordable_a_jump_gets_the_late_one() -> None:
+    # The one that sees the sharpness the jump will meet (a heavy-ball CNN's grows x12
+    # between 125 and 50 steps before it): not one a horizon ahead, whose refresh would
+    # then come too late to warn 50 steps ahead.
+    starts, _ = walk(jump, first=3, steps=400, affordable=1)
+    assert len(starts) == 1
+    assert 250 - LEAD + HORIZON // 2 <= starts[0] <= 250 - HORIZON // 2
 
 
 def test_a_falling_plan_wants_no_estimate_for_rises() -> None:

@@ -14,6 +14,7 @@ import torch
 import edgewatch
 from edgewatch.server import Daemon
 from edgewatch.server.store import Store
+from edgewatch.server.upgrade import base_columns
 
 
 def _train(
@@ -86,16 +87,16 @@ def test_a_database_of_an_earlier_version_gains_the_new_column(tmp_path: Path) -
     # The versions before moment_ratio made their tables with create_all and kept no
     # alembic_version table: such a database is made here by dropping both, and the
     # tables of later revisions (several daemons' leases and checkpoints, retention's
-    # step_blocks).
+    # step_blocks, the LR plans').
     url = f"sqlite:///{tmp_path / 'old.db'}"
     Store(url).close()
     engine = sqlalchemy.create_engine(url)
+    base = base_columns()
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text("ALTER TABLE steps DROP COLUMN moment_ratio"))
         conn.execute(sqlalchemy.text("DROP TABLE alembic_version"))
-        conn.execute(sqlalchemy.text("DROP TABLE checkpoints"))
-        conn.execute(sqlalchemy.text("DROP TABLE leases"))
-        conn.execute(sqlalchemy.text("DROP TABLE step_blocks"))
+        for later in set(sqlalchemy.inspect(conn).get_table_names()) - set(base):
+            conn.execute(sqlalchemy.text(f"DROP TABLE {later}"))
     columns = {c["name"] for c in sqlalchemy.inspect(engine).get_columns("steps")}
     assert "moment_ratio" not in columns
     engine.dispose()

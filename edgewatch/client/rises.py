@@ -103,9 +103,9 @@ class Rises:
       than ``RISE`` × the LR in force is within ``lead`` − half a horizon, and the last
       estimate is over half a horizon old, one more is taken: the warning then comes at
       least half a horizon ahead whatever the sharpening in between. Once per rise.
-    - **summit**: the highest LR of the plan in view (the end of a warmup, a jump) gets
-      an estimate started within a horizon before it, once the last is over half a
-      horizon old: the sharpness the peak meets is read where it counts. (An earlier
+    - **summit**: the highest LR of the plan in view, reached by a gradual rise (the end
+      of a warmup), gets an estimate started within a horizon before it, once the last
+      is over half a horizon old: the sharpness the peak meets is read where it counts. (An earlier
       rule, "once the last estimate is older than the horizon any rise wants one",
       spent a long warmup's whole allowance on an estimate every horizon where the LR
       was lowest, and left its end unmeasured: bench/RESULTS.md, "make bench-client at
@@ -166,13 +166,16 @@ class Rises:
         return None
 
     def _summit_due(self, step: int, now: float) -> bool:
-        """The plan's highest LR in view comes within a horizon, is a rise from ``now``,
-        and no estimate has started within a horizon before it."""
+        """The plan's highest LR in view comes within a horizon, is a gradual rise from
+        ``now`` (a sharp one, more than RISE, is the other rules': where the allowance
+        covers one estimate, the late one within half a horizon of it), and no estimate
+        has started within a horizon before it."""
         summit = self.view.summit(step) if self.view is not None else None
         if summit is None or summit - step > self.horizon:
             return False
         top = self.view.lrs[summit - self.view.first]  # type: ignore[union-attr]
-        return top > SUMMIT * now and self.started_at < summit - self.horizon
+        gradual = SUMMIT * now < top <= RISE * now
+        return gradual and self.started_at < summit - self.horizon
 
     def replanned(self, step: int) -> None:
         """Walk the plan in view with the rules above, from an estimate started at
@@ -200,8 +203,8 @@ class Rises:
             i, j = at + 1, max(j + 1, at + 1)
         summit = view.summit(max(step + 1, base))
         if summit is not None and last < summit - self.horizon:
-            rise_from = max(summit - self.horizon, step + 1) - base  # within the view
-            if lrs[summit - base] > SUMMIT * lrs[rise_from]:
+            rise_from = lrs[max(summit - self.horizon, step + 1) - base]  # within the view
+            if SUMMIT * rise_from < lrs[summit - base] <= RISE * rise_from:
                 self.wanted.append(summit - self.horizon)
 
     def pending(self, step: int) -> int:
