@@ -149,6 +149,24 @@ def _alert_table(alerts: Sequence[views.Alert]) -> str:
     )
 
 
+def _existing_sqlite(url: str) -> None:
+    """Refuse a SQLite file that is not there: replay reads a database, and opening one
+    would create an empty file (and a job 'not found' in it)."""
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return  # the store says what is wrong with it
+    path = parsed.database
+    file = parsed.get_backend_name() == "sqlite" and path and path != ":memory:"
+    if file and not os.path.exists(str(path)):
+        raise ConfigError(
+            f"no database at {path!r}: replay reads the one `edgewatch serve` writes "
+            "(--db URL, or run it where that file is)"
+        )
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -162,7 +180,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     else:
         if not args.job:
             raise ConfigError("replay needs a JOB (from the database) or --trace FILE")
-        store = Store(args.db or load_settings(None).db)
+        db = args.db or load_settings(None).db
+        _existing_sqlite(db)
+        store = Store(db)
         try:
             if args.export:
                 n = export_trace(store, args.job, Path(args.export))

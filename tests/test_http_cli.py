@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,12 @@ def test_cli_piped_into_head_ends_quietly(daemon: Daemon) -> None:
 def test_cli_unknown_job(served: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["show", "missing", "--server", served.http_url]) == 2
     assert "unknown job 'missing'" in capsys.readouterr().err
+
+
+def test_replay_of_a_database_that_is_not_there_says_so_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "edgewatch.db"
+    assert main(["replay", "some-job", "--db", f"sqlite:///{missing}"]) == 2
+    assert f"no database at {str(missing)!r}" in capsys.readouterr().err
+    assert not missing.exists()

@@ -31,6 +31,9 @@ from sqlalchemy import Connection, Engine, MetaData, create_engine, func, inspec
 from edgewatch.server.tables import Base
 
 log = logging.getLogger(__name__)
+# Alembic says at INFO what it does and each revision's whole docstring; the one line
+# ``upgrade`` logs (from which revision to which) is what a user needs.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 BASE_REVISION = "0001"
 LOCK_KEY = 0x6564676577617463  # "edgewatc": one key for every edgewatch database
