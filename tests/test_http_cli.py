@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -135,3 +137,17 @@ def test_replay_of_a_database_that_is_not_there_says_so_and_creates_nothing(
     assert main(["replay", "some-job", "--db", f"sqlite:///{missing}"]) == 2
     assert f"no database at {str(missing)!r}" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_the_daemon_logs_once_when_a_job_ends(
+    daemon: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edgewatch.server.ingest")
+    run_toy("ending", daemon.endpoint, 30)
+    deadline = time.monotonic() + 10
+    while http_json(daemon.http_url + "/api/jobs/ending")["status"] != "finished":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ended = [r.getMessage() for r in caplog.records if "ended run" in r.getMessage()]
+    assert len(ended) == 1, ended
+    assert ended[0].startswith("job 'ending' ended run ") and "finished at step 29" in ended[0]

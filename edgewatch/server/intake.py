@@ -322,6 +322,10 @@ class Intake:
                 state.sharpness, state.sharpness_step = u.sharpness.value, u.sharpness.step
                 state.preconditioned = u.sharpness.preconditioned
             if u.end is not None:
+                if state.status == "running":  # not again for a resent end
+                    log.info("job %r ended run %d: %s at step %s, %d records",
+                             state.job_id, state.run, u.end.status, u.end.step,
+                             state.records)  # fmt: skip
                 state.status, state.ended_at = u.end.status, u.end.wall_time
             analysis = self.analyses.get(pk)
             if analysis is not None:
