@@ -4,12 +4,12 @@ None: the wire carries no NaN or infinity."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from edgewatch.monitor.line_search import CriticalSharpness
 from edgewatch.monitor.tracking import TrackedEstimate
 from edgewatch.schemas import CRITICAL_METHOD
+from edgewatch.schemas.views import finite
 
 
 def estimate_fields(est: TrackedEstimate, seconds: float, lr: float) -> dict[str, Any]:
@@ -23,8 +23,8 @@ def estimate_fields(est: TrackedEstimate, seconds: float, lr: float) -> dict[str
         "residual": est.residual,
         "seconds": seconds,
         "lr": lr,
-        "update_curvature": _finite(curvature),
-        "eta_max": _finite(est.eta_max),
+        "update_curvature": finite(curvature),
+        "eta_max": finite(est.eta_max),
     }
 
 
@@ -37,7 +37,3 @@ def critical_fields(found: CriticalSharpness, seconds: float, lr: float) -> dict
         "seconds": seconds,
         "lr": lr,
     }
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

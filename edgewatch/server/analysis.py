@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -23,6 +22,7 @@ import msgspec
 from edgewatch.monitor.forecast import DEFAULT_SETTINGS, Alert, JobForecast, PredictorSettings
 from edgewatch.monitor.plan import LRPlan
 from edgewatch.schemas import CRITICAL_METHOD, AnyRecord, Event, Plan, Sharpness, Step
+from edgewatch.schemas.views import finite  # +Inf (no crossing forecast) is stored as NULL
 from edgewatch.server.store import Store
 
 log = logging.getLogger(__name__)
@@ -174,9 +174,9 @@ class RunAnalysis:
             alert.step,
             wall_time,
             alert.state,
-            _finite_or_none(alert.steps_to_instability),
-            _finite_or_none(alert.steps_low),
-            _finite_or_none(alert.steps_high),
+            finite(alert.steps_to_instability),
+            finite(alert.steps_low),
+            finite(alert.steps_high),
             alert.ratio,
             alert.recommended_lr,
             alert.recommended_warmup_steps,
@@ -194,24 +194,15 @@ class RunAnalysis:
 def record_from_row(job_id: str, table: str, row: Mapping[str, Any]) -> AnyRecord:
     """A stored row (``Store.run_records``) as the wire record it came from: its table's
     columns are the record's fields (``tables.record_columns``)."""
-    fields = dict(row, job=job_id)
-    if table == "steps":
-        if isinstance(fields["group_lrs"], str):  # a JSON column, stored as text
-            fields["group_lrs"] = msgspec.json.decode(fields["group_lrs"])
-        return msgspec.convert(fields, Step)
-    return msgspec.convert(fields, _RECORD_TYPES[table])
+    return msgspec.convert(dict(row, job=job_id), _RECORD_TYPES[table])
 
 
 _RECORD_TYPES: dict[str, type[AnyRecord]] = {
+    "steps": Step,
     "sharpness": Sharpness,
     "events": Event,
     "plans": Plan,
 }
-
-
-def _finite_or_none(value: float) -> float | None:
-    """+Inf (no crossing forecast) is stored as NULL: JSON has no infinity."""
-    return value if math.isfinite(value) else None
 
 
 def rebuild(

@@ -174,10 +174,7 @@ def _jobs_api(ctx: ApiContext, rest: list[str], query: dict[str, list[str]]) -> 
 
 
 def _step_json(row: dict[str, Any]) -> dict[str, Any]:
-    row = {k: v for k, v in row.items() if k != "job_pk"}
-    if isinstance(row.get("group_lrs"), str):
-        row["group_lrs"] = msgspec.json.decode(row["group_lrs"])
-    return row
+    return {k: v for k, v in row.items() if k != "job_pk"}  # group_lrs: the JSON column's list
 
 
 def _alert_view(row: dict[str, Any]) -> views.Alert:

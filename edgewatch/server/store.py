@@ -27,7 +27,6 @@ from edgewatch.server.tables import (
     RECORD_TABLES,
     AlertRow,
     Base,
-    EventRow,
     JobRow,
     PlanRow,
     SharpnessRow,
@@ -357,12 +356,8 @@ class Store:
         and for rebuilding after a restart (from a checkpoint: ``after`` is its ``seq``)."""
         streams = []
         with self.engine.connect() as conn:
-            for name, table in (
-                ("steps", StepRow.__table__),
-                ("sharpness", SharpnessRow.__table__),
-                ("events", EventRow.__table__),
-                ("plans", PlanRow.__table__),
-            ):
+            for name in RECORD_TABLES:
+                table = Base.metadata.tables[name]
                 query = (
                     select(table)
                     .where(table.c.job_pk == job_pk, table.c.run == run, table.c.seq > after)
