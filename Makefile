@@ -49,8 +49,10 @@ bench-client: $(DEV)
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
+# HVPs to 1% error, warm and cold; then exact against difference products, side by side.
 bench-curvature: $(DEV)
 	$(PY) -m bench.perf.curvature
+	$(PY) -m bench.perf.products
 
 # The instability benchmark: 147 small CPU training runs in eight families through client
 # and daemon, scored leaving one family out against the baselines, with an intervention

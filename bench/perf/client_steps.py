@@ -8,7 +8,10 @@ alternating blocks in one process, against ``edgewatch serve`` in its own proces
 - hook: edgewatch attached without a probe (the per-step hook, chunks, sender);
 - curvature: edgewatch with a probe of 4 fixed sequences at the default budget 0.02, its
   budget counted on its own loop's clock (the other loops' time lent out), told the LR
-  plan (linear warmup over WARMUP steps, then cosine: ``scheduler=``) and ``total_steps``.
+  plan (linear warmup over WARMUP steps, then cosine: ``scheduler=``) and ``total_steps``;
+- curvature-differences: the same with the tracker's opt-in difference products,
+  ``SharpnessTracker(hvp="auto")`` (``monitor/difference.py``): what they buy, side by
+  side with the default's exact (double-backward) products.
 
 Every step's time is kept: the p50, p99 and worst step of each, the worst step's excess
 over the bare p50 (the longest a training step waited for edgewatch), the curvature
@@ -69,9 +72,8 @@ class Loop:
         self.mon: edgewatch.Monitor | None = None
         self.stats: dict[str, int] = {}
         if name != "bare":
-            probe = (
-                (lambda: next_token_loss(self.model, probe_rows)) if name == "curvature" else None
-            )
+            curvature = name.startswith("curvature")
+            probe = (lambda: next_token_loss(self.model, probe_rows)) if curvature else None
             self.mon = edgewatch.attach(
                 self.optimizer, model=self.model, job=f"steps-{name}", endpoint=endpoint,
                 probe=probe, probe_batch=PROBE if probe else None,
@@ -79,6 +81,8 @@ class Loop:
             )  # fmt: skip
             if self.mon.curvature is not None:
                 self.mon.curvature.use_clock(lambda: self.own)
+                if name == "curvature-differences":
+                    self.mon.curvature.tracker.hvp = "auto"
 
     def block(self, steps: int) -> None:
         model, optimizer, mon = self.model, self.optimizer, self.mon
@@ -110,7 +114,8 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
         daemon_process(f"sqlite:///{Path(tmp) / 'steps.db'}") as (endpoint, _),
     ):
-        loops = [Loop(name, endpoint, args.steps) for name in ("bare", "hook", "curvature")]
+        names = ("bare", "hook", "curvature", "curvature-differences")
+        loops = [Loop(name, endpoint, args.steps) for name in names]
         # No warm-up: the first, cold estimate is part of what a run pays.
         for _ in range(args.steps // args.block):
             for loop in loops:
@@ -146,24 +151,35 @@ def report(loops: list[Loop], args: argparse.Namespace) -> None:
             f"| {loop.name} | {p50 * 1e3:.1f} | {p99 * 1e3:.1f} | {worst * 1e3:.1f} | "
             f"{(worst - bare) * 1e3:.1f} | {p50 / bare:.3f} |"
         )
-    curvature = loops[-1].mon.curvature if loops[-1].mon else None
+    for loop in loops[2:]:
+        estimates(loop)
+
+
+def estimates(loop: Loop) -> None:
+    """What the loop's curvature budget bought, and where."""
+    curvature = loop.mon.curvature if loop.mon else None
     if curvature is not None:
-        steps = len(loops[-1].times)
-        stats = loops[-1].stats
+        steps = len(loop.times)
+        stats = loop.stats
         reasons = ", ".join(
             f"{k.removeprefix('estimates_')} {v}"
             for k, v in stats.items()
             if k.startswith("estimates_")
         )
-        share = curvature.spent / loops[-1].own
+        share = curvature.spent / loop.own
+        units = curvature.spending.units
+        prices = ", ".join(
+            f"{kind} {units[kind]} at {curvature.spending.per_unit(kind):.2f}" for kind in units
+        )
         print(
-            f"\nCurvature loop: {curvature.estimates} λ_max estimates in {steps} steps "
+            f"\n{loop.name} loop: {curvature.estimates} λ_max estimates in {steps} steps "
             f"({1000 * curvature.estimates / steps:.1f} per 1000 steps), {curvature.attempts} "
             f"slices, {share:.1%} of its time on curvature (budget 2%; charged in step "
             f"times: {stats['curvature_permille'] / 10:.1f}%); per reason: {reasons}; "
-            f"estimates at steps {loops[-1].estimate_steps}."
+            f"estimates at steps {loop.estimate_steps}; {stats['curvature_hvps']} products; "
+            f"probe evaluations by kind, at their price in step times: {prices}."
         )
-        before = [s for s in loops[-1].estimate_steps if s <= WARMUP]
+        before = [s for s in loop.estimate_steps if s <= WARMUP]
         gap = WARMUP - max(before) if before else None
         print(
             f"End of warmup at step {WARMUP}: the last estimate before it at step "

@@ -39,6 +39,7 @@ from edgewatch.client.pacing import Spending, StepClock, Stir
 from edgewatch.client.readings import critical_fields, estimate_fields
 from edgewatch.client.rises import PlanView, Rises
 from edgewatch.client.schedule import PlanSource
+from edgewatch.monitor.difference import REL_STEPS
 from edgewatch.monitor.direction import update_direction
 from edgewatch.monitor.hvp import flat_params
 from edgewatch.monitor.line_search import CriticalSharpness, critical_sharpness
@@ -187,7 +188,25 @@ class CurvatureSchedule:
         """Step times a (warm) estimate is expected to cost."""
         guess = max(WARM_SHARE * self.first_units, 1.5 * WARM_HVPS_GUESS)  # 2 HVPs a graph
         units = self.warm_units if self.estimates > 1 else guess
-        return units * self.spending.per_unit()
+        return units * self.spending.per_unit(self._warm_kind()) + self.comparison_cost()
+
+    def comparison_cost(self) -> float:
+        """Step times of the comparison of difference and exact products that ends the
+        estimate under way (or the next), if it does: a gradient per step tried, at most
+        len(REL_STEPS)."""
+        if not self.tracker.compares_next:
+            return 0.0
+        return len(REL_STEPS) * self.spending.per_unit("difference")
+
+    def _warm_kind(self) -> str:
+        """The unit kind most later estimates run on: differences once trusted."""
+        calibration = self.tracker.calibration
+        trusted = calibration is not None and calibration.rel_step is not None
+        return "difference" if trusted else "exact"
+
+    def _next_kind(self) -> str:
+        """The unit kind of the next slice."""
+        return "exact" if self.tracker.next_exact else "difference"
 
     def due(
         self,
@@ -234,7 +253,7 @@ class CurvatureSchedule:
         # A rise goes first: what is free buys at least a slice (``_hvp_cap`` ends it).
         age = self.step - self.last_end
         affordable = int(free / cost) if cost > 0 else 0
-        slice_cost = (self.tracker.hvps_per_step + 1) * self.spending.per_unit()
+        slice_cost = (self.tracker.hvps_per_step + 1) * self.spending.per_unit(self._next_kind())
         wanted = self.rises.due(self.step, lr, self.lead(), age, affordable)
         if wanted is not None:
             if free >= slice_cost:
@@ -269,7 +288,7 @@ class CurvatureSchedule:
         cold estimate so ends early, unconverged (flagged, with its bound), rather than
         overspend the run's share or be cut off unreported by the run's end."""
         floor = self._estimate_hvps + self.tracker.hvps_per_step
-        per_hvp = self.spending.per_unit()
+        per_hvp = self.spending.per_unit(self._next_kind())
         if not per_hvp:
             return MAX_HVPS  # the first slice: its cost is not known before it
         free = self.free()
@@ -277,6 +296,7 @@ class CurvatureSchedule:
             free -= max((1 - FIRST_SHARE) * self.allowance(), self.reserve())
         elif self.reason != "rise":
             free -= self.reserve()
+        free -= self.comparison_cost()
         more = int(free / per_hvp) - 1  # one unit for the probe graph
         cap = min(MAX_HVPS, self._estimate_hvps + more)
         if self.total_steps:
@@ -299,17 +319,17 @@ class CurvatureSchedule:
         over all its slices (else None and the slice's seconds)."""
         first = self.tracker.last is None
         hvps = self.tracker.hvps_total
-        self.tracker.hvps_per_step = self.spending.slice_hvps(self.hvps_per_step)
+        self.tracker.hvps_per_step = self.spending.slice_hvps(self.hvps_per_step, self._next_kind())
         self.tracker.max_hvps = self._hvp_cap()
         start = time.perf_counter()
         self.attempts += 1
         est = self.tracker.advance()
         seconds = time.perf_counter() - start
-        units = 1 + self.tracker.hvps_total - hvps  # the probe graph and the HVPs
-        self.spending.charge(seconds, units)  # the first one too
+        units = sum(self.tracker.slice_units.values())  # probe graph or gradient, products
+        self.spending.charge(seconds, self.tracker.slice_units)  # the first one too
         self._estimate_units += units
         self._estimate_seconds += seconds
-        self._estimate_hvps += units - 1
+        self._estimate_hvps += self.tracker.hvps_total - hvps
         if est is None:
             return None, seconds
         total, took = self._estimate_units, self._estimate_seconds

@@ -10,13 +10,14 @@ import collections
 import itertools
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 STEP_WINDOW = 101  # recent step times the median is taken over
 TIMED_STEPS = 3  # step times read before a price is (the first three are set-up's too)
 RECENT_STEPS = 9  # step times a slice's price is read against (the load of the moment)
 SLICE_STEPS = 1.0  # step times a slice may take, where HVPs are cheap (``slice_hvps``)
 MAX_SLICE_HVPS = 8  # HVPs a slice may run at most
+UNIT_KINDS = ("exact", "difference")  # how a slice's products are made (monitor/tracking.py)
 MEDIAN_EVERY = 16  # steps between recomputations of the median
 STIR_Z = 4.0  # deviations (of the log) from the running mean that count as a stir
 STIR_FLOOR = 0.1  # ... and at least this much in the log (10%): float noise is no stir
@@ -92,24 +93,33 @@ class Spending:
     one-off set-up (LAPACK, autograd's first double backward), gives a price too: a
     dear one, soon undercut, but without it the first estimate's second slice would run
     unpriced and uncapped (a cold estimate of 7 HVPs took 3.2% of a 400-step run at
-    2%, where an HVP costs about a training step). Other
-    work (the plan view, a failed probe) and critical-sharpness searches are charged
-    the seconds they took, in step times.
+    2%, where an HVP costs about a training step). Other work (the plan view, a failed
+    probe) and critical-sharpness searches are charged the seconds they took, in step
+    times.
+
+    Units come in two kinds, each with its own price (``monitor/tracking.py``): "exact"
+    (the probe graph and its double-backward products) and "difference" (plain
+    gradients, up to half the price). The slice that compares the two has both kinds: it
+    is charged at the prices known and reads neither.
     """
 
     def __init__(self, ticks: StepClock) -> None:
         self.ticks = ticks
-        self.units = 0  # probe graphs + HVPs of the λ_max slices
+        self.units = dict.fromkeys(UNIT_KINDS, 0)  # probe evaluations of the λ_max slices
         self.other = 0.0  # step times of other work
         self.critical = 0.0  # step times of critical-sharpness searches
         self.early = 0.0  # seconds of other work before a step was timed
-        self.lowest = math.inf  # the lowest price of a unit read so far, in step times
+        self.lowest = dict.fromkeys(UNIT_KINDS, math.inf)  # per kind, in step times
         self.seconds = 0.0  # all work, in seconds as it took
         self._lapped = 0.0  # ``seconds`` at the last lap
 
-    def per_unit(self) -> float:
-        """Step times one unit costs: the lowest read so far (0 before a price)."""
-        return self.lowest if math.isfinite(self.lowest) else 0.0
+    def per_unit(self, kind: str = "exact") -> float:
+        """Step times one unit of ``kind`` costs: the lowest read so far; before one, the
+        other kind's (a difference unit is the cheaper: never under-charged so); else 0."""
+        for price in (self.lowest[kind], *self.lowest.values()):
+            if math.isfinite(price):
+                return price
+        return 0.0
 
     def in_steps(self, seconds: float) -> float:
         """``seconds`` in units of the run's median step (inf before one is timed)."""
@@ -123,16 +133,21 @@ class Spending:
 
     def sharpness(self) -> float:
         """Step times of the λ_max slices, all at the lowest price read so far."""
-        return self.units * self.per_unit()
+        return sum(count * self.per_unit(kind) for kind, count in self.units.items())
 
-    def charge(self, seconds: float, units: int = 0, critical: bool = False) -> None:
-        """Work of ``seconds``: a λ_max slice of ``units``, or other work."""
+    def charge(
+        self, seconds: float, units: Mapping[str, int] | None = None, critical: bool = False
+    ) -> None:
+        """Work of ``seconds``: a λ_max slice of ``units`` (count per kind), or other work."""
         self.seconds += seconds
         step = self.ticks.recent() if self.ticks.timed else None
-        if units:
-            if step is not None:
-                self.lowest = min(self.lowest, seconds / units / step)
-            self.units += units
+        counted = {kind: n for kind, n in (units or {}).items() if n}
+        if counted:
+            if step is not None and len(counted) == 1:
+                [(kind, n)] = counted.items()
+                self.lowest[kind] = min(self.lowest[kind], seconds / n / step)
+            for kind, n in counted.items():
+                self.units[kind] += n
         elif step is None:
             self.early += seconds
         elif critical:
@@ -140,13 +155,13 @@ class Spending:
         else:
             self.other += seconds / step
 
-    def slice_hvps(self, least: int) -> int:
+    def slice_hvps(self, least: int, kind: str = "exact") -> int:
         """HVPs of the next slice: as many as fit in SLICE_STEPS step times, between
         ``least`` (the ``hvps_per_step`` asked for) and MAX_SLICE_HVPS. Where an HVP is
         cheap beside a step (a small probe, a large batch), fewer slices mean fewer probe
         graphs and less drift of the parameters under one estimate, at a stall of about
         a step."""
-        per_unit = self.per_unit()
+        per_unit = self.per_unit(kind)
         fit = int(SLICE_STEPS / per_unit) - 1 if per_unit > 0 else 0  # less the graph
         return max(least, min(fit, MAX_SLICE_HVPS))
 

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 
 from edgewatch.monitor.eigen import COLD_EXPLORE, EigenEstimate, top_eigenvalue
-from edgewatch.monitor.hvp import HessianOperator, Probe, flat_params
+from edgewatch.monitor.hvp import HessianOperator, Probe, ProductOperator, flat_params
 from edgewatch.monitor.isolation import private_generator, untouched
 from edgewatch.monitor.thresholds import uses_preconditioned_sharpness
 
@@ -126,7 +126,7 @@ class UpdateCurvature:
 
 
 def curvature_along(
-    operator: HessianOperator, direction: torch.Tensor, scale: torch.Tensor | None
+    operator: ProductOperator, direction: torch.Tensor, scale: torch.Tensor | None
 ) -> UpdateCurvature:
     """The quantities along u in ``operator``'s probe graph; one HVP. ``scale`` is
     D = P^(-1/2) when the optimizer is Adam-type (P = D⁻²)."""

@@ -21,14 +21,32 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
 
 Probe = Callable[[], torch.Tensor]
 
 
+class ProductOperator(Protocol):
+    """What the tracker needs of an operator: ``HessianOperator`` (double backward) or
+    ``difference.DifferenceOperator`` (differences of gradients)."""
+
+    params: list[torch.Tensor]
+    scale: torch.Tensor | None
+    loss: float
+    matvecs: int
+
+    @property
+    def gradient(self) -> torch.Tensor: ...
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor: ...
+
+    def hessian_times(self, v: torch.Tensor) -> torch.Tensor: ...
+
+
 @contextlib.contextmanager
-def _math_attention() -> Iterator[None]:
+def math_attention() -> Iterator[None]:
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:  # torch < 2.3: nothing to select
@@ -68,7 +86,7 @@ class HessianOperator:
         self.sizes = [p.numel() for p in params]
         self.dim = sum(self.sizes)
         self.matvecs = 0
-        with _math_attention():
+        with math_attention():
             loss = probe()
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise TypeError(
@@ -93,7 +111,7 @@ class HessianOperator:
         v = v.to(self.grads[0].dtype)
         chunks = torch.split(v, self.sizes)  # one flat slice per parameter
         pieces = [piece.view_as(p) for piece, p in zip(chunks, self.params, strict=True)]
-        with _math_attention():
+        with math_attention():
             hv = torch.autograd.grad(
                 self.grads, self.params, grad_outputs=pieces, retain_graph=True
             )

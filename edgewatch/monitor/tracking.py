@@ -33,6 +33,19 @@ Policy:
   from the previous vector's neighbourhood: the previous top two Ritz vectors plus a
   random vector of the same weight (bench/RESULTS.md compares this with a plain random
   restart). The random vectors come from the tracker's own generator.
+- **Difference products** (opt-in). With ``hvp="auto"`` a warm estimate runs on
+  differences of gradients (``monitor/difference.py``: one plain forward and backward a
+  product, up to half the price of a double backward) once they have been compared
+  with the exact product and agreed to 1% (``difference.calibrate``). The comparison
+  runs in the first slice of a warm estimate, on its start vector (the last estimate's
+  top Ritz vector), whose exact product that slice has made anyway: it costs a
+  gradient per step tried, and nothing in a run whose budget buys no warm estimate. The
+  first estimate (cold) is exact, and a comparison is due again REFRESH estimates
+  later; where differences disagree, estimates stay exact. A restart goes on exact:
+  differences serve near the top vector only. Not the default: side by side in
+  ``make bench-client`` (bench/RESULTS.md) they bought no more estimates than exact
+  products (2.0 against 2.7 per 1,000 steps): in place a product there was only
+  10–30% cheaper, and much of an estimate's cost is its restarts, which stay exact.
 - **Directional signals.** The slice that finishes an estimate spends one more HVP, in
   the same probe graph, on the curvature along the optimizer's last update and the step
   limit along it (``monitor/direction.py``, ``monitor/curvature.py``).
@@ -57,9 +70,10 @@ from edgewatch.monitor.curvature import (
     curvature_along,
     preconditioner_scale,
 )
+from edgewatch.monitor.difference import Calibration, DifferenceOperator, calibrate
 from edgewatch.monitor.direction import update_direction
 from edgewatch.monitor.eigen import COLD_EXPLORE, LanczosRun, lanczos
-from edgewatch.monitor.hvp import HessianOperator, flat_params
+from edgewatch.monitor.hvp import HessianOperator, ProductOperator, flat_params
 from edgewatch.monitor.isolation import private_generator, seed_globals, untouched
 from edgewatch.monitor.subspace import RitzSubspace
 
@@ -94,6 +108,8 @@ class TrackedEstimate(SharpnessEstimate):
     """2·gᵀu/(uᵀHu), g the probe loss's gradient; NaN without a direction."""
     stopped: Stop = "bound"
     """What ended it: the error bound, the Ritz value's stagnation, or the HVP cap."""
+    exact: bool = True
+    """Its products by double backward; False: by differences of gradients."""
 
 
 @dataclasses.dataclass
@@ -108,6 +124,8 @@ class _Progress:
     slices: int = 0
     since: int = 0  # matvecs when this (re)start began
     probe_seed: int = 0  # the global generators' seed in every slice: same dropout masks
+    exact: bool = True  # products by double backward (else differences of gradients)
+    compare: bool = False  # its first slice compares difference products with exact ones
     values: list[float] = dataclasses.field(default_factory=list)  # θ of each slice since
 
 
@@ -121,7 +139,10 @@ class SharpnessTracker:
     an estimate stops. ``max_hvps``: at most this many Lanczos HVPs per estimate, then it
     finishes with ``converged=False``. ``seed``: of the tracker's own generator (from the
     OS's entropy when None). ``restart``: how a warm start that failed starts again,
-    "neighbourhood" (default) or "random".
+    "neighbourhood" (default) or "random". ``hvp``: "exact" (default) uses double
+    backward for every product; "auto" runs warm estimates on differences of gradients
+    (``monitor/difference.py``) once a comparison on a warm start vector showed them to
+    agree, compared again REFRESH estimates later.
     """
 
     def __init__(
@@ -135,6 +156,7 @@ class SharpnessTracker:
         max_hvps: int = 30,
         seed: int | None = None,
         restart: Literal["neighbourhood", "random"] = "neighbourhood",
+        hvp: Literal["auto", "exact"] = "exact",
     ) -> None:
         if hvps_per_step < 2:
             # One HVP a slice gives each slice a one-vector Krylov space: the subspace
@@ -146,6 +168,8 @@ class SharpnessTracker:
             raise ValueError(f"tol must be > 0, got {tol}")
         if restart not in ("neighbourhood", "random"):
             raise ValueError(f"restart must be 'neighbourhood' or 'random', got {restart!r}")
+        if hvp not in ("auto", "exact"):
+            raise ValueError(f"hvp must be 'auto' or 'exact', got {hvp!r}")
         self.params = flat_params(model)
         if not self.params:
             raise ValueError("no parameters require grad: nothing to differentiate")
@@ -156,6 +180,13 @@ class SharpnessTracker:
         self.hvps_per_step = hvps_per_step
         self.max_hvps = max_hvps
         self.restart = restart
+        self.hvp = hvp
+        self.calibration: Calibration | None = None  # the last comparison of the products
+        self._compared_at = 0  # the estimate (counted from 1) it was made in
+        # Probe evaluations of the last slice by kind, "exact" (the probe graph and its
+        # double-backward products) and "difference" (plain gradients): the client
+        # prices the two apart.
+        self.slice_units: dict[str, int] = {}
         self.generator = private_generator(seed)  # start vectors
         # The probe's seeds come from a generator of their own: the start vectors drawn
         # for a given ``seed`` stay what they were without it.
@@ -172,6 +203,21 @@ class SharpnessTracker:
         """An estimate has started and not finished."""
         return self._progress is not None
 
+    @property
+    def next_exact(self) -> bool:
+        """The next slice's products are exact (double backward), not differences."""
+        if self._progress is not None:
+            return self._progress.exact
+        return self.last is None or self._exact(self.estimates + 1)
+
+    @property
+    def compares_next(self) -> bool:
+        """The estimate under way (or the next) compares difference products with exact
+        ones (``difference.calibrate``) in a slice still to come."""
+        if self._progress is not None:
+            return self._progress.compare
+        return self.hvp == "auto" and self.last is not None and self._check_due(self.estimates + 1)
+
     def advance(self) -> TrackedEstimate | None:
         """One slice at the current parameters; the finished estimate, or None."""
         if self._progress is None:
@@ -180,7 +226,9 @@ class SharpnessTracker:
         with untouched(self.module, self.params):
             seed_globals(progress.probe_seed, self.params)
             scale = preconditioner_scale(self.optimizer, self.params)
-            operator = HessianOperator(self.params, self.probe, scale)
+            operator = self._operator(progress, scale)
+            kind = "exact" if progress.exact else "difference"
+            self.slice_units = {kind: 1}  # the probe graph, or the gradient at θ
             budget = min(self.hvps_per_step, self.max_hvps - progress.matvecs)
             start = progress.vector.to(device=self.params[0].device, dtype=self.params[0].dtype)
             # A restarted estimate explores first: the bound says how close θ is to *an*
@@ -193,6 +241,9 @@ class SharpnessTracker:
             tol = (min(self.tol, COLD_TOL) if progress.restarted else self.tol) if explored else 0.0
             run = lanczos(operator, start, tol, budget, progress.gap, keep_products=True)
             self.hvps_total += run.estimate.matvecs
+            self.slice_units[kind] += run.estimate.matvecs
+            if progress.compare and isinstance(operator, HessianOperator):
+                self._compare(run, operator, progress)
             progress.matvecs += run.estimate.matvecs
             progress.slices += 1
             self._learn_gap(run, progress)
@@ -215,16 +266,36 @@ class SharpnessTracker:
         progress.vector = progress.subspace.top
         return None
 
+    def _operator(self, progress: _Progress, scale: torch.Tensor | None) -> ProductOperator:
+        if progress.exact or self.calibration is None or self.calibration.rel_step is None:
+            return HessianOperator(self.params, self.probe, scale)
+        seed = progress.probe_seed
+        return DifferenceOperator(
+            self.params,
+            self.probe,
+            scale,
+            reseed=lambda: seed_globals(seed, self.params),
+            rel_step=self.calibration.rel_step,
+        )
+
     def _begin(self) -> _Progress:
         self.estimates += 1
         seed = int(torch.randint(2**62, (), generator=self.probe_seeds))
         if self.last is None:  # the first estimate: cold
             return _Progress(self._random(), None, True, RitzSubspace(SUBSPACE), probe_seed=seed)
+        exact = self._exact(self.estimates)
+        compare = self.hvp == "auto" and self._check_due(self.estimates)
         warm = _Progress(
-            self.last.vector, self._gap, False, RitzSubspace(SUBSPACE), probe_seed=seed
+            self.last.vector,
+            self._gap,
+            False,
+            RitzSubspace(SUBSPACE),
+            probe_seed=seed,
+            exact=exact,
+            compare=compare,
         )
         if REFRESH and self.estimates % REFRESH == 0:
-            return self._restarted(warm)
+            return self._restarted(warm)  # compares at the next warm start
         return warm
 
     def _random(self) -> torch.Tensor:
@@ -235,7 +306,8 @@ class SharpnessTracker:
 
     def _restarted(self, progress: _Progress) -> _Progress:
         """Start again, keeping the HVPs and slices spent: from the running vector plus
-        the second Ritz vector plus a random vector, all of unit norm (or at random)."""
+        the second Ritz vector plus a random vector, all of unit norm (or at random), on
+        exact products."""
         vector = self._random()
         if self.restart == "neighbourhood":
             second = progress.subspace.second
@@ -247,7 +319,18 @@ class SharpnessTracker:
         subspace = RitzSubspace(SUBSPACE)
         spent = progress.matvecs
         return _Progress(
-            vector, None, True, subspace, spent, progress.slices, spent, progress.probe_seed
+            vector,
+            None,
+            True,
+            subspace,
+            spent,
+            progress.slices,
+            spent,
+            progress.probe_seed,
+            # Exact from here: a random direction's product is small beside λ_max, and a
+            # difference's error (of float32's rounding, not relative to the product) is
+            # not, so a Krylov space grown from one stays noisy and does not converge.
+            exact=True,
         )
 
     def _suspect(self, run: LanczosRun, progress: _Progress) -> bool:
@@ -262,16 +345,50 @@ class SharpnessTracker:
         elif run.estimate.matvecs >= 2 and math.isfinite(run.own_gap) and run.own_gap > 0:
             progress.gap = run.own_gap if progress.gap is None else min(progress.gap, run.own_gap)
 
+    def _check_due(self, number: int) -> bool:
+        """Compare the products at estimate ``number``: none compared yet, or REFRESH
+        estimates since (the model, its optimizer's second moment and so the best step
+        move with training)."""
+        return self.calibration is None or number - self._compared_at >= REFRESH
+
+    def _compare(self, run: LanczosRun, operator: HessianOperator, progress: _Progress) -> None:
+        """Compare difference products with the exact one on the warm start vector (the
+        last estimate's top Ritz vector, the first Lanczos vector: its exact product is
+        already made), and go on with differences for the rest of the estimate if they
+        agree. A cold or restarted start is no place for it: a random direction's product
+        is small beside λ_max, and a difference's rounding error is not."""
+        assert run.products is not None
+        seed = progress.probe_seed
+        self.calibration = calibrate(
+            operator,
+            run.basis[:, 0],
+            run.products[:, 0],
+            self.probe,
+            lambda: seed_globals(seed, self.params),
+        )
+        self._compared_at = self.estimates
+        self.hvps_total += self.calibration.evaluations
+        self.slice_units["difference"] = self.calibration.evaluations
+        progress.compare = False
+        progress.exact = self.hvp == "exact" or self.calibration.rel_step is None
+
+    def _exact(self, number: int) -> bool:
+        """Estimate ``number`` runs on exact products: until a comparison trusts
+        differences, and at each comparison."""
+        trusted = self.calibration is not None and self.calibration.rel_step is not None
+        return self.hvp == "exact" or not trusted or self._check_due(number)
+
     def _finish(
         self,
         run: LanczosRun,
         progress: _Progress,
-        operator: HessianOperator,
+        operator: ProductOperator,
         scale: torch.Tensor | None,
         stopped: Stop,
     ) -> TrackedEstimate:
         along = self._along(operator, scale)
         est = run.estimate
+        exact = isinstance(operator, HessianOperator)
         tracked = TrackedEstimate(
             value=est.value,
             vector=est.vector.detach(),
@@ -288,6 +405,7 @@ class SharpnessTracker:
             update_curvature_preconditioned=along.preconditioned,
             eta_max=along.eta_max,
             stopped=stopped,
+            exact=exact,
         )
         if run.products is not None:
             progress.subspace.add(run.basis, run.products)
@@ -297,11 +415,13 @@ class SharpnessTracker:
         self._progress = None
         return tracked
 
-    def _along(self, operator: HessianOperator, scale: torch.Tensor | None) -> UpdateCurvature:
+    def _along(self, operator: ProductOperator, scale: torch.Tensor | None) -> UpdateCurvature:
         u = update_direction(self.optimizer, self.params) if self.optimizer is not None else None
         if u is None or not bool(torch.isfinite(u).all()) or not bool(u.any()):
             return UpdateCurvature(math.nan, math.nan)
         self.hvps_total += 1
+        kind = "exact" if isinstance(operator, HessianOperator) else "difference"
+        self.slice_units[kind] = self.slice_units.get(kind, 0) + 1
         return curvature_along(operator, u, scale)
 
 
