@@ -11,8 +11,6 @@ import numpy as np
 import torch
 
 import edgewatch
-from edgewatch.monitor.difference import REL_STEPS
-from edgewatch.monitor.tracking import REFRESH
 from edgewatch.server import Daemon
 
 STEPS = 200
@@ -132,14 +130,9 @@ def test_no_step_waits_for_more_than_one_slice_of_curvature_work(daemon: Daemon)
             per_step.append((tracker.hvps_total - before_hvps, calls[0] - before_calls))
     assert mon.curvature.estimates >= 3
     # A slice: one probe graph and at most hvps_per_step HVPs, plus one along the update
-    # when it finishes an estimate, plus, where that estimate compares difference products
-    # with exact ones, a gradient per step tried; a critical-sharpness search: a handful of
-    # forwards. A difference product is a call of the probe.
-    slice_most = tracker.hvps_per_step + 1
-    comparisons = 1 + mon.curvature.estimates // REFRESH
-    over = [h for h, _ in per_step if h > slice_most]
-    assert len(over) <= comparisons and max(over, default=0) <= slice_most + len(REL_STEPS)
-    assert max(c for _, c in per_step) <= max(5, slice_most + len(REL_STEPS))
+    # when it finishes an estimate; a critical-sharpness search: a handful of forwards.
+    assert max(h for h, _ in per_step) <= tracker.hvps_per_step + 1
+    assert max(c for _, c in per_step) <= 5
     begun = next(i for i, (h, _) in enumerate(per_step) if h > 0)  # once steps are timed
     cold = next(i for i, (h, _) in enumerate(per_step) if i > begun and h == 0) - begun
     assert cold > 3  # the first, cold estimate was spread over several steps

@@ -16,7 +16,6 @@ from edgewatch.monitor import (
     update_curvature,
     update_direction,
 )
-from edgewatch.monitor.difference import REL_STEPS
 from edgewatch.monitor.tracking import TOL
 from edgewatch_testkit.curvature_problems import make_problem, spectrum_with
 
@@ -93,9 +92,7 @@ def test_an_estimate_spans_slices_of_at_most_hvps_per_step() -> None:
         spent.append(tracker.hvps_total - before)
         if est is not None:
             results.append(est)
-    # One slice also compares difference products with exact ones (the cold estimate's
-    # last): up to one gradient per step tried.
-    assert sorted(spent)[-2] <= 2 and max(spent) <= 2 + len(REL_STEPS)
+    assert max(spent) <= 2
     cold, warm = results[0], results[2]
     assert cold.restarted and cold.slices > 1 and cold.converged
     assert not warm.restarted and warm.matvecs <= 2 and warm.slices == 1

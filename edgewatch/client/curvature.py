@@ -200,9 +200,7 @@ class CurvatureSchedule:
 
     def _warm_kind(self) -> str:
         """The unit kind most later estimates run on: differences once trusted."""
-        calibration = self.tracker.calibration
-        trusted = calibration is not None and calibration.rel_step is not None
-        return "difference" if trusted else "exact"
+        return "exact" if self.tracker.difference_step is None else "difference"
 
     def _next_kind(self) -> str:
         """The unit kind of the next slice."""

@@ -71,7 +71,9 @@ class DifferenceOperator:
         self.dim = sum(self.sizes)
         self.matvecs = 0
         self._origin = [p.detach().clone() for p in params]
-        self._theta_norm = float(torch.linalg.vector_norm(_flat(self._origin)))
+        # ‖θ‖ from the parameters' own norms: no flat copy of them for one number.
+        norms = torch.stack([torch.linalg.vector_norm(o.detach().float()) for o in self._origin])
+        self._theta_norm = float(torch.linalg.vector_norm(norms))
         # The loss and gradient at θ, unless the caller has them (the exact operator's).
         self.loss, self._gradient = self._evaluate() if at is None else at
 

@@ -211,6 +211,14 @@ class SharpnessTracker:
         return self.last is None or self._exact(self.estimates + 1)
 
     @property
+    def difference_step(self) -> float | None:
+        """The relative step warm estimates run difference products at, once a comparison
+        trusts them (``hvp="auto"``); None: exact products."""
+        if self.hvp != "auto" or self.calibration is None:
+            return None
+        return self.calibration.rel_step
+
+    @property
     def compares_next(self) -> bool:
         """The estimate under way (or the next) compares difference products with exact
         ones (``difference.calibrate``) in a slice still to come."""
@@ -267,7 +275,8 @@ class SharpnessTracker:
         return None
 
     def _operator(self, progress: _Progress, scale: torch.Tensor | None) -> ProductOperator:
-        if progress.exact or self.calibration is None or self.calibration.rel_step is None:
+        step = self.difference_step
+        if progress.exact or step is None:
             return HessianOperator(self.params, self.probe, scale)
         seed = progress.probe_seed
         return DifferenceOperator(
@@ -275,7 +284,7 @@ class SharpnessTracker:
             self.probe,
             scale,
             reseed=lambda: seed_globals(seed, self.params),
-            rel_step=self.calibration.rel_step,
+            rel_step=step,
         )
 
     def _begin(self) -> _Progress:
@@ -370,13 +379,12 @@ class SharpnessTracker:
         self.hvps_total += self.calibration.evaluations
         self.slice_units["difference"] = self.calibration.evaluations
         progress.compare = False
-        progress.exact = self.hvp == "exact" or self.calibration.rel_step is None
+        progress.exact = self.difference_step is None
 
     def _exact(self, number: int) -> bool:
         """Estimate ``number`` runs on exact products: until a comparison trusts
         differences, and at each comparison."""
-        trusted = self.calibration is not None and self.calibration.rel_step is not None
-        return self.hvp == "exact" or not trusted or self._check_due(number)
+        return self.difference_step is None or self._check_due(number)
 
     def _finish(
         self,
