@@ -182,3 +182,22 @@ def test_a_rise_the_budget_cannot_cover_is_said_once(
     assert len(said) == 1, [r.getMessage() for r in caplog.records]
     stats = mon.stats
     assert stats["estimates_rise"] == 0 and 0 < stats["rise_unmeasured_step"] < 200, stats
+    # The first estimate, cut short at the cap the budget allowed, is counted unconverged.
+    assert stats["estimates_first"] == 1 and stats["unconverged_estimates"] == 1, stats
+
+
+def test_a_rerun_of_a_run_stores_the_same_first_estimate(daemon: Daemon) -> None:
+    """Two identical runs store the same sharpness: the estimates' start vectors come
+    from a seeded generator of their own, not the OS's entropy, so a re-run (or the
+    benchmark on another day) gets the same estimates and so the same alerts."""
+    stored = []
+    for job in ("rerun-1", "rerun-2"):
+        problem = make_problem("ce", "init")
+        optimizer = torch.optim.SGD(problem.model.parameters(), lr=0.05)
+        train_until(problem, optimizer, daemon, job, lambda c: c.estimates >= 1, budget=0.5)
+        state = daemon.jobs.get(job)
+        assert state is not None
+        rows = [r for r in daemon.store.sharpness(state.pk) if r["method"] == "lanczos"]
+        assert rows, f"{job}: no estimate stored"
+        stored.append((rows[0]["step"], rows[0]["matvecs"], rows[0]["value"]))
+    assert stored[0] == stored[1]

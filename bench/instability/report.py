@@ -280,16 +280,12 @@ def live_check(cases: list[Case], settings: PredictorSettings) -> list[str]:
 def spending(results: list[RunResult], cases: list[Case], key: str) -> list[str]:
     """Per family: what the budget bought (estimates, HVPs, convergence, from the stored
     Sharpness records) and what it cost, in step times (the harness's curvature clock)."""
-    import inspect
-
-    from edgewatch.monitor.tracking import SharpnessTracker
-
-    cap = inspect.signature(SharpnessTracker).parameters["max_hvps"].default
     lines = [
         f"Budget {key}. Curvature cost in units of the run's median training step (the "
         "clock the budget is counted on, bench/instability/harness.py); HVPs per estimate from the "
-        f"stored records (``matvecs``); converged: the estimate stopped under the tracker's "
-        f"cap of {cap} HVPs (one that stops at the cap is counted as not converged).",
+        "stored records (``matvecs``); converged: the estimate stopped on its error bound or "
+        "on stagnation, not at its HVP cap (the tracker's 30, or less where the budget left "
+        "less: ``mon.stats['unconverged_estimates']``).",
         "",
         "| family | runs | s per run | median step ms | estimates per run | per 1000 steps "
         "| HVPs per estimate (median, p90) | converged | curvature / training time "
@@ -313,7 +309,9 @@ def spending(results: list[RunResult], cases: list[Case], key: str) -> list[str]
             if r.median_step > 0 and r.label_loss
         ]
         p90 = sorted(hvps)[math.ceil(0.9 * len(hvps)) - 1] if hvps else math.nan  # nearest rank
-        converged = sum(1 for h in hvps if h < cap) / len(hvps) if hvps else math.nan
+        capped = [r.monitors[key].get("unconverged_estimates") for r, _ in pairs]
+        known = None not in capped and hvps
+        converged = 1 - sum(capped) / len(hvps) if known else math.nan  # type: ignore[arg-type]
         lines.append(
             f"| {family} | {len(pairs)} | {mean([r.seconds for r, _ in pairs]):.1f} | "
             f"{1000 * statistics.median(r.median_step for r, _ in pairs):.2f} | "

@@ -82,7 +82,7 @@ class Loop:
             if self.mon.curvature is not None:
                 self.mon.curvature.use_clock(lambda: self.own)
                 if name == "curvature-differences":
-                    self.mon.curvature.tracker.hvp = "auto"
+                    self.mon.curvature.tracker.trust.hvp = "auto"
 
     def block(self, steps: int) -> None:
         model, optimizer, mon = self.model, self.optimizer, self.mon

@@ -9,16 +9,16 @@ al. 2025, arXiv 2506.04805); and, when asked for, the forward-only **critical sh
 
 The budget: the share ``budget`` of the run's training time, counted in the run's own
 median step time (``pacing.StepClock``, curvature left out), not in seconds, so that two
-machines give the same schedule; slices are charged their HVPs and graphs at the lowest
-cost of one (``pacing.Spending``). Amortised over the run: with ``total_steps`` known
-the allowance is budget × total_steps step-times, and cadence estimates spread what is
-free of it (less what the planned rises in view need) over the steps left; ``rise``
-and ``edge`` estimates may spend ahead, never past the allowance (a rise it cannot
-cover is logged once); ``stir`` estimates only what the rises in view leave free. A
-run of unknown length is expected to last max(twice its steps so far, UNKNOWN_RUN).
-The first estimate always starts and may use FIRST_SHARE of the allowance, less what
-the rises in view want; one the allowance does not cover ends early, flagged
-unconverged (``_hvp_cap``).
+machines give the same schedule (and the start vectors are seeded, START_SEED); slices
+are charged their HVPs and graphs at the lowest cost of one (``pacing.Spending``).
+Amortised over the run: with ``total_steps`` known the allowance is budget ×
+total_steps step-times, and cadence estimates spread what is free of it (less what the
+planned rises in view need) over the steps left; ``rise`` and ``edge`` estimates may
+spend ahead, never past the allowance (a rise it cannot cover is logged once); ``stir``
+estimates only what the rises in view leave free. A run of unknown length is expected
+to last max(twice its steps so far, UNKNOWN_RUN). The first estimate always starts and
+may use FIRST_SHARE of the allowance, less what the rises in view want; one the
+allowance does not cover ends early, flagged unconverged (``_hvp_cap``).
 
 Where it runs: on the training thread, after ``mon.step``, in the model's mode; the
 global RNG states, buffers and ``.grad`` are left as they were (``monitor/isolation.py``).
@@ -43,8 +43,9 @@ from edgewatch.monitor.difference import REL_STEPS
 from edgewatch.monitor.direction import update_direction
 from edgewatch.monitor.hvp import flat_params
 from edgewatch.monitor.line_search import CriticalSharpness, critical_sharpness
+from edgewatch.monitor.progress import TrackedEstimate
 from edgewatch.monitor.thresholds import uses_preconditioned_sharpness
-from edgewatch.monitor.tracking import SharpnessTracker, TrackedEstimate
+from edgewatch.monitor.tracking import SharpnessTracker
 
 log = logging.getLogger("edgewatch.client")
 Kind = Literal["sharpness", "critical"]
@@ -54,9 +55,8 @@ SETTLE_STEPS = 50  # the daemon's default ``settle_steps`` (monitor/settings.py)
 HORIZON = 100  # the daemon's default ``horizon``
 WARM_SHARE = 0.25  # a warm estimate needs ~1/4 of the cold first one (bench/RESULTS.md)
 WARM_HVPS_GUESS = 8  # HVPs of a warm estimate before one has been seen
-# Share of the curvature budget for the forward-only critical sharpness, when it is asked
-# for (``critical=True``): off by default, as it added nothing to the predictor on runs
-# it was not tuned on (bench/RESULTS.md, "What each signal adds").
+# The forward-only critical sharpness's share, when asked for (``critical=True``): off by
+# default, it added nothing on runs it was not tuned on (RESULTS.md, "What each signal adds").
 CRITICAL_SHARE = 0.3
 CRITICAL_FORWARDS = 5  # probe forwards per critical-sharpness search
 RETRY_STEPS = 50  # after a failed attempt, wait RETRY_STEPS / budget steps
@@ -67,6 +67,7 @@ MIN_GAP = 10  # steps between a stir or cadence estimate and the one before
 UNKNOWN_RUN = 500  # steps a run of unknown length is expected to last, at least
 MAX_HVPS = 30  # Lanczos HVPs per estimate at most (the tracker's default)
 FIRST_SHARE = 0.5  # of the allowance the first, cold estimate may use
+START_SEED = 0  # a few-HVP cold estimate moves with its start (RESULTS.md, benchmark v8)
 UNMEASURED = (
     "edgewatch: the curvature budget (%.3g of the run) is spent: no estimate before the LR "
     "rise planned after step %d; the forecast rests on the estimate of step %d. A higher "
@@ -121,7 +122,7 @@ class CurvatureSchedule:
         self.horizon = horizon
         self.adam = uses_preconditioned_sharpness(type(optimizer).__name__)
         self.hvps_per_step = hvps_per_step
-        self.tracker = SharpnessTracker(target, probe, optimizer, hvps_per_step=hvps_per_step)
+        self.tracker = self._new_tracker()
         self.urgency = 1.0
         # Step times are read on this clock: wall time, unless a benchmark that
         # interleaves monitored and unmonitored loops lends one that counts only its own.
@@ -144,6 +145,7 @@ class CurvatureSchedule:
         self.step = -1  # the current step's number
         self.attempts = 0  # slices and searches started
         self.estimates = 0  # λ_max estimates finished
+        self.unconverged = 0  # of which ended at their HVP cap (``_hvp_cap``), not converged
         self.reasons = dict.fromkeys(REASONS, 0)  # finished estimates per reason
         self.reason: Reason = "first"  # of the estimate under way (or the last)
         self.last_end = -(10**9)  # step the last estimate finished (or failed) at
@@ -154,6 +156,12 @@ class CurvatureSchedule:
         self.failures = 0
         self.rise_unmeasured = 0  # step a planned rise first found the budget spent
         self._refresh = False  # the rise estimate about to start is a refresh
+
+    def _new_tracker(self) -> SharpnessTracker:
+        hvps, seed = self.hvps_per_step, START_SEED
+        return SharpnessTracker(
+            self.target, self.probe, self.optimizer, hvps_per_step=hvps, seed=seed
+        )
 
     def use_clock(self, clock: Callable[[], float]) -> None:
         """Read step times on ``clock`` from now on (bench/instability/harness.py lends one)."""
@@ -191,19 +199,15 @@ class CurvatureSchedule:
         return units * self.spending.per_unit(self._warm_kind()) + self.comparison_cost()
 
     def comparison_cost(self) -> float:
-        """Step times of the comparison of difference and exact products that ends the
-        estimate under way (or the next), if it does: a gradient per step tried, at most
-        len(REL_STEPS)."""
-        if not self.tracker.compares_next:
-            return 0.0
-        return len(REL_STEPS) * self.spending.per_unit("difference")
+        """Step times of the estimate under way's (or the next's) comparison of difference
+        and exact products, if it makes one: a gradient per step tried (REL_STEPS)."""
+        compares = self.tracker.compares_next
+        return len(REL_STEPS) * self.spending.per_unit("difference") if compares else 0.0
 
-    def _warm_kind(self) -> str:
-        """The unit kind most later estimates run on: differences once trusted."""
+    def _warm_kind(self) -> str:  # the unit kind most later estimates run on
         return "exact" if self.tracker.difference_step is None else "difference"
 
-    def _next_kind(self) -> str:
-        """The unit kind of the next slice."""
+    def _next_kind(self) -> str:  # the unit kind of the next slice
         return "exact" if self.tracker.next_exact else "difference"
 
     def due(
@@ -331,9 +335,9 @@ class CurvatureSchedule:
         if est is None:
             return None, seconds
         total, took = self._estimate_units, self._estimate_seconds
-        self._estimate_units = self._estimate_hvps = 0
-        self._estimate_seconds = 0.0
+        self._estimate_units, self._estimate_hvps, self._estimate_seconds = 0, 0, 0.0
         self.estimates += 1
+        self.unconverged += not est.converged
         self.reasons[self.reason] += 1
         self.last_end = self.step
         if first:
@@ -380,18 +384,16 @@ class CurvatureSchedule:
         self.spending.charge(seconds)
         self.not_before = self.step + math.ceil(RETRY_STEPS / max(self.budget, 1e-9))
         if kind == "sharpness":
-            self.tracker = SharpnessTracker(
-                self.target, self.probe, self.optimizer, hvps_per_step=self.hvps_per_step
-            )  # drop the broken estimate: the next starts afresh
-            self._estimate_units = self._estimate_hvps = 0
-            self._estimate_seconds = 0.0
+            self.tracker = self._new_tracker()  # the broken estimate is dropped
+            self._estimate_units, self._estimate_hvps, self._estimate_seconds = 0, 0, 0.0
 
     def stats(self) -> dict[str, int]:
-        """For ``mon.stats``: estimates per reason, HVPs, and the share of the run's
-        training time spent on curvature, in per mille (counted in step times)."""
+        """For ``mon.stats``: estimates per reason, HVPs, estimates that ended at their
+        cap, and the curvature share of the run's time in per mille (in step times)."""
         out = {f"estimates_{reason}": count for reason, count in self.reasons.items()}
         share = self.spending.spent() / max(self.steps, 1)
         out["curvature_hvps"] = self.tracker.hvps_total
+        out["unconverged_estimates"] = self.unconverged
         out["rise_unmeasured_step"] = self.rise_unmeasured
         out["curvature_permille"] = round(1000 * share) if math.isfinite(share) else 0
         return out

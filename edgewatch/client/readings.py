@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgewatch.monitor.line_search import CriticalSharpness
-from edgewatch.monitor.tracking import TrackedEstimate
+from edgewatch.monitor.progress import TrackedEstimate
 from edgewatch.schemas import CRITICAL_METHOD
 from edgewatch.schemas.views import finite
 

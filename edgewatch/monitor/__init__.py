@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from edgewatch.monitor.eigen import EigenEstimate, NotConvergedWarning, top_eigenvalue
     from edgewatch.monitor.hvp import HessianOperator
     from edgewatch.monitor.line_search import CriticalSharpness, critical_sharpness
-    from edgewatch.monitor.tracking import SharpnessTracker, TrackedEstimate
+    from edgewatch.monitor.progress import TrackedEstimate
+    from edgewatch.monitor.tracking import SharpnessTracker
 
 __all__ = [
     "Alert",
@@ -93,7 +94,7 @@ _LAZY = {
     "CriticalSharpness": "edgewatch.monitor.line_search",
     "critical_sharpness": "edgewatch.monitor.line_search",
     "SharpnessTracker": "edgewatch.monitor.tracking",
-    "TrackedEstimate": "edgewatch.monitor.tracking",
+    "TrackedEstimate": "edgewatch.monitor.progress",
 }
 
 

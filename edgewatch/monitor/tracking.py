@@ -33,19 +33,11 @@ Policy:
   from the previous vector's neighbourhood: the previous top two Ritz vectors plus a
   random vector of the same weight (bench/RESULTS.md compares this with a plain random
   restart). The random vectors come from the tracker's own generator.
-- **Difference products** (opt-in). With ``hvp="auto"`` a warm estimate runs on
-  differences of gradients (``monitor/difference.py``: one plain forward and backward a
-  product, up to half the price of a double backward) once they have been compared
-  with the exact product and agreed to 1% (``difference.calibrate``). The comparison
-  runs in the first slice of a warm estimate, on its start vector (the last estimate's
-  top Ritz vector), whose exact product that slice has made anyway: it costs a
-  gradient per step tried, and nothing in a run whose budget buys no warm estimate. The
-  first estimate (cold) is exact, and a comparison is due again REFRESH estimates
-  later; where differences disagree, estimates stay exact. A restart goes on exact:
-  differences serve near the top vector only. Not the default: side by side in
-  ``make bench-client`` (bench/RESULTS.md) they bought no more estimates than exact
-  products (2.0 against 2.7 per 1,000 steps): in place a product there was only
-  10–30% cheaper, and much of an estimate's cost is its restarts, which stay exact.
+- **Difference products** (opt-in, ``hvp="auto"``): a warm estimate runs on differences
+  of gradients once a comparison with the exact product, in the first slice of a warm
+  estimate on its start vector, agreed (``monitor/difference.py``: ``calibrate`` and
+  ``Trust``); cold and restarted estimates stay exact. Not the default: they bought no
+  more estimates in ``make bench-client`` (bench/RESULTS.md).
 - **Directional signals.** The slice that finishes an estimate spends one more HVP, in
   the same probe graph, on the curvature along the optimizer's last update and the step
   limit along it (``monitor/direction.py``, ``monitor/curvature.py``).
@@ -56,7 +48,6 @@ put back (``monitor/isolation.py``); ``.grad`` is not written.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Callable
@@ -65,16 +56,16 @@ from typing import Literal
 import torch
 
 from edgewatch.monitor.curvature import (
-    SharpnessEstimate,
     UpdateCurvature,
     curvature_along,
     preconditioner_scale,
 )
-from edgewatch.monitor.difference import Calibration, DifferenceOperator, calibrate
+from edgewatch.monitor.difference import Calibration, DifferenceOperator, Trust, calibrate
 from edgewatch.monitor.direction import update_direction
 from edgewatch.monitor.eigen import COLD_EXPLORE, LanczosRun, lanczos
 from edgewatch.monitor.hvp import HessianOperator, ProductOperator, flat_params
 from edgewatch.monitor.isolation import private_generator, seed_globals, untouched
+from edgewatch.monitor.progress import Progress, Stop, TrackedEstimate
 from edgewatch.monitor.subspace import RitzSubspace
 
 TOL = 2e-2
@@ -87,46 +78,6 @@ JUMP = 0.5  # a warm estimate below (1 − JUMP) × the last value is suspect
 WARM_HVPS = 8  # a warm estimate not done after this many HVPs restarts
 SUBSPACE = 8  # Ritz vectors kept across the slices of one estimate
 REFRESH = 8  # every REFRESH-th estimate starts from the neighbourhood, not warm
-Stop = Literal["bound", "stagnation", "budget"]
-
-
-@dataclasses.dataclass(frozen=True)
-class TrackedEstimate(SharpnessEstimate):
-    """A finished estimate. ``matvecs`` counts its Lanczos HVPs over all its slices
-    (not the directional one); ``value``, ``residual``, ``error_bound``, ``gap`` and
-    ``loss`` are the last slice's."""
-
-    slices: int = 1
-    """Training steps (calls to ``advance``) the estimate spanned."""
-    restarted: bool = False
-    """Started cold or from the previous vector's neighbourhood, not warm."""
-    update_curvature: float = math.nan
-    """uᵀHu/‖u‖² along the optimizer's last update u; NaN without one."""
-    update_curvature_preconditioned: float = math.nan
-    """uᵀHu/(uᵀPu) for Adam-type optimizers (compare with the threshold of λ_max(P⁻¹H))."""
-    eta_max: float = math.nan
-    """2·gᵀu/(uᵀHu), g the probe loss's gradient; NaN without a direction."""
-    stopped: Stop = "bound"
-    """What ended it: the error bound, the Ritz value's stagnation, or the HVP cap."""
-    exact: bool = True
-    """Its products by double backward; False: by differences of gradients."""
-
-
-@dataclasses.dataclass
-class _Progress:
-    """The estimate in progress."""
-
-    vector: torch.Tensor
-    gap: float | None
-    restarted: bool
-    subspace: RitzSubspace
-    matvecs: int = 0
-    slices: int = 0
-    since: int = 0  # matvecs when this (re)start began
-    probe_seed: int = 0  # the global generators' seed in every slice: same dropout masks
-    exact: bool = True  # products by double backward (else differences of gradients)
-    compare: bool = False  # its first slice compares difference products with exact ones
-    values: list[float] = dataclasses.field(default_factory=list)  # θ of each slice since
 
 
 class SharpnessTracker:
@@ -180,9 +131,7 @@ class SharpnessTracker:
         self.hvps_per_step = hvps_per_step
         self.max_hvps = max_hvps
         self.restart = restart
-        self.hvp = hvp
-        self.calibration: Calibration | None = None  # the last comparison of the products
-        self._compared_at = 0  # the estimate (counted from 1) it was made in
+        self.trust = Trust(hvp, REFRESH)  # when estimates run on difference products
         # Probe evaluations of the last slice by kind, "exact" (the probe graph and its
         # double-backward products) and "difference" (plain gradients): the client
         # prices the two apart.
@@ -194,7 +143,7 @@ class SharpnessTracker:
         self.hvps_total = 0
         self.estimates = 0  # started
         self.last: TrackedEstimate | None = None
-        self._progress: _Progress | None = None
+        self._progress: Progress | None = None
         self._second: torch.Tensor | None = None  # second Ritz vector of the last estimate
         self._gap: float | None = None  # carried from estimate to estimate
 
@@ -208,15 +157,18 @@ class SharpnessTracker:
         """The next slice's products are exact (double backward), not differences."""
         if self._progress is not None:
             return self._progress.exact
-        return self.last is None or self._exact(self.estimates + 1)
+        return self.last is None or self.trust.exact(self.estimates + 1)
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The last comparison of difference and exact products (``hvp="auto"``)."""
+        return self.trust.calibration
 
     @property
     def difference_step(self) -> float | None:
         """The relative step warm estimates run difference products at, once a comparison
         trusts them (``hvp="auto"``); None: exact products."""
-        if self.hvp != "auto" or self.calibration is None:
-            return None
-        return self.calibration.rel_step
+        return self.trust.step
 
     @property
     def compares_next(self) -> bool:
@@ -224,7 +176,7 @@ class SharpnessTracker:
         ones (``difference.calibrate``) in a slice still to come."""
         if self._progress is not None:
             return self._progress.compare
-        return self.hvp == "auto" and self.last is not None and self._check_due(self.estimates + 1)
+        return self.last is not None and self.trust.compares(self.estimates + 1)
 
     def advance(self) -> TrackedEstimate | None:
         """One slice at the current parameters; the finished estimate, or None."""
@@ -274,7 +226,7 @@ class SharpnessTracker:
         progress.vector = progress.subspace.top
         return None
 
-    def _operator(self, progress: _Progress, scale: torch.Tensor | None) -> ProductOperator:
+    def _operator(self, progress: Progress, scale: torch.Tensor | None) -> ProductOperator:
         step = self.difference_step
         if progress.exact or step is None:
             return HessianOperator(self.params, self.probe, scale)
@@ -287,14 +239,14 @@ class SharpnessTracker:
             rel_step=step,
         )
 
-    def _begin(self) -> _Progress:
+    def _begin(self) -> Progress:
         self.estimates += 1
         seed = int(torch.randint(2**62, (), generator=self.probe_seeds))
         if self.last is None:  # the first estimate: cold
-            return _Progress(self._random(), None, True, RitzSubspace(SUBSPACE), probe_seed=seed)
-        exact = self._exact(self.estimates)
-        compare = self.hvp == "auto" and self._check_due(self.estimates)
-        warm = _Progress(
+            return Progress(self._random(), None, True, RitzSubspace(SUBSPACE), probe_seed=seed)
+        exact = self.trust.exact(self.estimates)
+        compare = self.trust.compares(self.estimates)
+        warm = Progress(
             self.last.vector,
             self._gap,
             False,
@@ -313,7 +265,7 @@ class SharpnessTracker:
         unit: torch.Tensor = v / torch.linalg.vector_norm(v)
         return unit
 
-    def _restarted(self, progress: _Progress) -> _Progress:
+    def _restarted(self, progress: Progress) -> Progress:
         """Start again, keeping the HVPs and slices spent: from the running vector plus
         the second Ritz vector plus a random vector, all of unit norm (or at random), on
         exact products."""
@@ -327,7 +279,7 @@ class SharpnessTracker:
         vector = vector / torch.linalg.vector_norm(vector)
         subspace = RitzSubspace(SUBSPACE)
         spent = progress.matvecs
-        return _Progress(
+        return Progress(
             vector,
             None,
             True,
@@ -342,25 +294,19 @@ class SharpnessTracker:
             exact=True,
         )
 
-    def _suspect(self, run: LanczosRun, progress: _Progress) -> bool:
+    def _suspect(self, run: LanczosRun, progress: Progress) -> bool:
         """A warm estimate that dropped by more than JUMP: maybe a former top vector."""
         if progress.restarted or self.last is None or self.last.value <= 0:
             return False
         return run.estimate.value < (1.0 - JUMP) * self.last.value
 
-    def _learn_gap(self, run: LanczosRun, progress: _Progress) -> None:
+    def _learn_gap(self, run: LanczosRun, progress: Progress) -> None:
         if run.resolved:
             progress.gap = run.own_gap
         elif run.estimate.matvecs >= 2 and math.isfinite(run.own_gap) and run.own_gap > 0:
             progress.gap = run.own_gap if progress.gap is None else min(progress.gap, run.own_gap)
 
-    def _check_due(self, number: int) -> bool:
-        """Compare the products at estimate ``number``: none compared yet, or REFRESH
-        estimates since (the model, its optimizer's second moment and so the best step
-        move with training)."""
-        return self.calibration is None or number - self._compared_at >= REFRESH
-
-    def _compare(self, run: LanczosRun, operator: HessianOperator, progress: _Progress) -> None:
+    def _compare(self, run: LanczosRun, operator: HessianOperator, progress: Progress) -> None:
         """Compare difference products with the exact one on the warm start vector (the
         last estimate's top Ritz vector, the first Lanczos vector: its exact product is
         already made), and go on with differences for the rest of the estimate if they
@@ -368,28 +314,23 @@ class SharpnessTracker:
         is small beside λ_max, and a difference's rounding error is not."""
         assert run.products is not None
         seed = progress.probe_seed
-        self.calibration = calibrate(
+        found = calibrate(
             operator,
             run.basis[:, 0],
             run.products[:, 0],
             self.probe,
             lambda: seed_globals(seed, self.params),
         )
-        self._compared_at = self.estimates
-        self.hvps_total += self.calibration.evaluations
-        self.slice_units["difference"] = self.calibration.evaluations
+        self.trust.compared(found, self.estimates)
+        self.hvps_total += found.evaluations
+        self.slice_units["difference"] = found.evaluations
         progress.compare = False
         progress.exact = self.difference_step is None
-
-    def _exact(self, number: int) -> bool:
-        """Estimate ``number`` runs on exact products: until a comparison trusts
-        differences, and at each comparison."""
-        return self.difference_step is None or self._check_due(number)
 
     def _finish(
         self,
         run: LanczosRun,
-        progress: _Progress,
+        progress: Progress,
         operator: ProductOperator,
         scale: torch.Tensor | None,
         stopped: Stop,
