@@ -16,8 +16,10 @@ alternating blocks in one process, against ``edgewatch serve`` in its own proces
 Every step's time is kept: the p50, p99 and worst step of each, the worst step's excess
 over the bare p50 (the longest a training step waited for edgewatch), the curvature
 share of the monitored loop's time, the λ_max estimates per 1000 steps and per reason
-(client/curvature.py), and the estimate nearest before the end of the warmup (the
-schedule should give one within its horizon, 100 steps, of the LR's peak).
+(client/curvature.py), each estimate (its reason, HVPs, slices, warm or cold start,
+and whether it ended on its bound, on stagnation or at its budget's cap), and the
+estimate nearest before the end of the warmup (the schedule should give one within
+its horizon, 100 steps, of the LR's peak).
 
 Usage: python -m bench.perf.client_steps [--steps 1500] [--block 50]
 """
@@ -36,6 +38,7 @@ import torch
 
 import edgewatch
 from bench.common import daemon_process, header
+from edgewatch.monitor.progress import TrackedEstimate
 from edgewatch_testkit import corpus
 from edgewatch_testkit.gpt import GPT, adamw_groups, next_token_loss
 
@@ -65,6 +68,7 @@ class Loop:
         self.own = 0.0  # this loop's own seconds (the budget's clock)
         self.step = 0
         self.estimate_steps: list[int] = []
+        self.finished: list[tuple[int, str, TrackedEstimate | None]] = []  # step, reason, it
         # A function of its own, not a bound method: the plan is copied ahead (deepcopy),
         # and a method would drag the loop, its monitor and its threads along.
         plan = functools.partial(warmup_cosine, total=total_steps)
@@ -95,8 +99,10 @@ class Loop:
             self.scheduler.step()
             if mon is not None:
                 mon.step(loss)
-                if mon.curvature is not None and mon.curvature.estimates > len(self.estimate_steps):
+                curvature = mon.curvature
+                if curvature is not None and curvature.estimates > len(self.estimate_steps):
                     self.estimate_steps.append(self.step)
+                    self.finished.append((self.step, curvature.reason, curvature.tracker.last))
             optimizer.zero_grad(set_to_none=True)
             seconds = time.perf_counter() - start
             self.times.append(seconds)
@@ -179,6 +185,15 @@ def estimates(loop: Loop) -> None:
             f"estimates at steps {loop.estimate_steps}; {stats['curvature_hvps']} products; "
             f"probe evaluations by kind, at their price in step times: {prices}."
         )
+        print("\n| step | reason | HVPs | slices | start | ended on | λ_max |")
+        print("|---|---|---|---|---|---|---|")
+        for step, reason, est in loop.finished:
+            if est is not None:
+                start = "cold or restarted" if est.restarted else "warm"
+                print(
+                    f"| {step} | {reason} | {est.matvecs} | {est.slices} | {start} | "
+                    f"{est.stopped} | {est.value:.4g} |"
+                )
         before = [s for s in loop.estimate_steps if s <= WARMUP]
         gap = WARMUP - max(before) if before else None
         print(

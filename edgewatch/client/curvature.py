@@ -17,8 +17,9 @@ planned rises in view need) over the steps left; ``rise`` and ``edge`` estimates
 spend ahead, never past the allowance (a rise it cannot cover is logged once); ``stir``
 estimates only what the rises in view leave free. A run of unknown length is expected
 to last max(twice its steps so far, UNKNOWN_RUN). The first estimate always starts and
-may use FIRST_SHARE of the allowance, less what the rises in view want; one the
-allowance does not cover ends early, flagged unconverged (``_hvp_cap``).
+may use FIRST_SHARE of the allowance, whatever the rises in view want: later ones start
+warm from it, and one cut short (flagged unconverged, ``_hvp_cap``) read 3.5× low and
+its successor restarted cold (bench/RESULTS.md, "The first estimate's share").
 
 Where it runs: on the training thread, after ``mon.step``, in the model's mode; the
 global RNG states, buffers and ``.grad`` are left as they were (``monitor/isolation.py``).
@@ -127,7 +128,6 @@ class CurvatureSchedule:
         # Step times are read on this clock: wall time, unless a benchmark that
         # interleaves monitored and unmonitored loops lends one that counts only its own.
         self.clock: Callable[[], float] = time.monotonic
-        self.started = self.clock()
         self.ticks = StepClock(self.clock)
         self.view = PlanView(plans) if plans is not None else None
         self.rises = Rises(self.view, horizon)
@@ -145,7 +145,7 @@ class CurvatureSchedule:
         self.step = -1  # the current step's number
         self.attempts = 0  # slices and searches started
         self.estimates = 0  # λ_max estimates finished
-        self.unconverged = 0  # of which ended at their HVP cap (``_hvp_cap``), not converged
+        self.unconverged = 0  # of which ended at their HVP cap (``_hvp_cap``)
         self.reasons = dict.fromkeys(REASONS, 0)  # finished estimates per reason
         self.reason: Reason = "first"  # of the estimate under way (or the last)
         self.last_end = -(10**9)  # step the last estimate finished (or failed) at
@@ -166,7 +166,6 @@ class CurvatureSchedule:
     def use_clock(self, clock: Callable[[], float]) -> None:
         """Read step times on ``clock`` from now on (bench/instability/harness.py lends one)."""
         self.clock = clock
-        self.started = clock()
         self.ticks.restart(clock)
 
     @property
@@ -294,8 +293,8 @@ class CurvatureSchedule:
         if not per_hvp:
             return MAX_HVPS  # the first slice: its cost is not known before it
         free = self.free()
-        if self.tracker.last is None:  # the first leaves room for those before rises
-            free -= max((1 - FIRST_SHARE) * self.allowance(), self.reserve())
+        if self.tracker.last is None:  # the first leaves the other half to the rises
+            free -= (1 - FIRST_SHARE) * self.allowance()
         elif self.reason != "rise":
             free -= self.reserve()
         free -= self.comparison_cost()

@@ -29,10 +29,11 @@ Policy:
 - **When the spectrum reorders**, a warm start can sit on a former top eigenvector, now
   a lower one, and converge to it. Ritz values are lower bounds of λ_max, so a *rise* is
   never such an artefact; a drop below (1 − JUMP) of the last value is suspect, and so
-  is a warm estimate that has not met the rule after ``WARM_HVPS``. Either starts again
-  from the previous vector's neighbourhood: the previous top two Ritz vectors plus a
-  random vector of the same weight (bench/RESULTS.md compares this with a plain random
-  restart). The random vectors come from the tracker's own generator.
+  is a warm estimate that has not met the rule after ``WARM_HVPS``, where the cap leaves
+  a restart room to explore. Either starts again from the previous vector's
+  neighbourhood: the previous top two Ritz vectors plus a random vector of the same
+  weight (bench/RESULTS.md compares this with a plain random restart). The random
+  vectors come from the tracker's own generator.
 - **Difference products** (opt-in, ``hvp="auto"``): a warm estimate runs on differences
   of gradients once a comparison with the exact product, in the first slice of a warm
   estimate on its start vector, agreed (``monitor/difference.py``: ``calibrate`` and
@@ -218,7 +219,10 @@ class SharpnessTracker:
                     "bound" if run.estimate.converged else "stagnation" if stalled else "budget"
                 )
                 return self._finish(run, progress, operator, scale, stop)
-        if not progress.restarted and progress.matvecs >= WARM_HVPS:
+        # A restart with no room under the cap to explore would end there lower than
+        # the warm estimate it replaced (bench/RESULTS.md, "A restart it cannot afford").
+        room = self.max_hvps - progress.matvecs >= COLD_EXPLORE
+        if not progress.restarted and progress.matvecs >= WARM_HVPS and room:
             self._progress = self._restarted(progress)
             return None
         assert run.products is not None
