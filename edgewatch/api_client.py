@@ -57,13 +57,18 @@ def job(server: str, job_id: str) -> views.Job:
     return msgspec.convert(api_get(server, job_path(job_id)), views.Job)
 
 
-def alerts(server: str, job_id: str) -> list[views.Alert]:
-    """The job's forecast state changes, in the order they were raised."""
-    return msgspec.convert(api_get(server, job_path(job_id, "alerts")), list[views.Alert])
+def alerts(server: str, job_id: str, run: int | None = None) -> list[views.Alert]:
+    """The job's forecast state changes (of one ``run``, else of every run), in the
+    order they were raised."""
+    path = job_path(job_id, "alerts") + ("" if run is None else f"?run={run}")
+    return msgspec.convert(api_get(server, path), list[views.Alert])
 
 
-def job_list(server: str, job_id: str, what: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+def job_list(
+    server: str, job_id: str, what: str, timeout: float = 5.0, run: int | None = None
+) -> list[dict[str, Any]]:
     """One of a job's table lists, in step order: ``steps`` or ``sharpness`` (rows of
-    the stored columns, as dicts)."""
-    found: list[dict[str, Any]] = api_get(server, job_path(job_id, what), timeout=timeout)
+    the stored columns, as dicts), of one ``run`` or else of every run."""
+    path = job_path(job_id, what) + ("" if run is None else f"?run={run}")
+    found: list[dict[str, Any]] = api_get(server, path, timeout=timeout)
     return found

@@ -79,7 +79,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     quoted = urllib.parse.quote(args.job, safe="")
     job = api_client.job(args.server, args.job)
     last = job.last_step or 0
-    steps = api_get(args.server, f"/api/jobs/{quoted}/steps?start={max(0, last - args.steps + 1)}")
+    start = max(0, last - args.steps + 1)  # of the current run (a job re-attached has more)
+    steps = api_get(args.server, f"/api/jobs/{quoted}/steps?start={start}&run={job.run}")
     if args.json:
         print(json.dumps({"job": msgspec.to_builtins(job), "steps": steps}, indent=2))
         return 0
@@ -98,7 +99,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"  stability   threshold {_fmt(job.stability_threshold)} at the current lr; "
             f"ratio {_fmt(job.stability_ratio)} (1.0 is the edge)"
         )
-    _print_analysis(job.analysis, api_client.alerts(args.server, args.job))
+    _print_analysis(job.analysis, api_client.alerts(args.server, args.job, job.run))
     if steps:
         print(f"\n  last {len(steps)} steps:")
         rows = [

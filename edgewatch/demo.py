@@ -94,10 +94,11 @@ def train(endpoint: str, job: str, steps: int) -> None:
 def what_edgewatch_saw(server: str, job: str) -> None:
     """The forecast as the daemon raised it (its alerts), against when the loss spiked:
     the first step whose loss is non-finite or twice its best so far."""
-    optimizer = api_client.job(server, job).optimizer
-    estimates = api_client.job_list(server, job, "sharpness")
-    steps = api_client.job_list(server, job, "steps")
-    alerts = api_client.alerts(server, job)
+    found = api_client.job(server, job)  # its current run (a job re-attached has more)
+    optimizer, run = found.optimizer, found.run
+    estimates = api_client.job_list(server, job, "sharpness", run=run)
+    steps = api_client.job_list(server, job, "steps", run=run)
+    alerts = api_client.alerts(server, job, run)
     best, spike = float("inf"), None
     for s in steps:
         if s["loss"] is None or s["loss"] >= 2 * best:  # non-finite (stored as null) or doubled

@@ -35,12 +35,15 @@ MAX_STEPS = 100_000  # one API page; longer jobs are drawn to their first 100k s
 
 
 def fetch(server: str, job: str) -> dict[str, Any]:
+    """The job's current run (a job attached again under its name holds every run)."""
     quoted = urllib.parse.quote(job, safe="")
+    found = api_client.job(server, job)
+    query = f"limit={MAX_STEPS}&run={found.run}"
     return {
-        "job": api_client.job(server, job),
-        "steps": api_get(server, f"/api/jobs/{quoted}/steps?limit={MAX_STEPS}", timeout=60),
-        "sharpness": api_get(server, f"/api/jobs/{quoted}/sharpness?limit={MAX_STEPS}"),
-        "alerts": api_client.alerts(server, job),
+        "job": found,
+        "steps": api_get(server, f"/api/jobs/{quoted}/steps?{query}", timeout=60),
+        "sharpness": api_get(server, f"/api/jobs/{quoted}/sharpness?{query}"),
+        "alerts": api_client.alerts(server, job, found.run),
     }
 
 

@@ -3,8 +3,11 @@ another process is refused loudly; attaching draws nothing from the user's RNGs.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -12,9 +15,11 @@ import torch
 from conftest import metric
 
 import edgewatch
+from edgewatch.cli import main
 from edgewatch.client import monitor as client_monitor
 from edgewatch.server import Daemon
-from edgewatch_testkit.toy import loss_at, run_toy
+from edgewatch_testkit.net import http_json
+from edgewatch_testkit.toy import loss_at, run_toy, warmup_past_the_edge
 
 STEPS = 300
 
@@ -36,6 +41,38 @@ def test_two_runs_of_one_job_under_one_seed_are_both_stored_in_full(daemon: Daem
     assert by_run[runs[0]] == list(range(STEPS))
     assert by_run[runs[1]] == list(range(STEPS))
     assert [s["loss"] for s in steps if s["run"] == runs[1]] == [loss_at(i) for i in range(STEPS)]
+
+
+def test_the_api_gives_one_run_of_a_job_attached_twice(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job name used again holds both runs; ``?run=`` reads one of them back (steps,
+    sharpness, alerts), and a run the job does not hold is a 404 naming the current one."""
+    runs, lasts = [], []
+    for _ in range(2):  # each run crosses the edge: estimates and alerts in both
+        _, last, mon = warmup_past_the_edge("again", daemon.endpoint)
+        runs.append(mon.run)
+        lasts.append(last)
+    base = f"{daemon.http_url}/api/jobs/again"
+    assert len(http_json(base + "/steps")) == lasts[0] + lasts[1] + 2  # both, by step
+    for run, last in zip(runs, lasts, strict=True):
+        steps = http_json(f"{base}/steps?run={run}")
+        assert [s["step"] for s in steps] == list(range(last + 1))
+        assert {s["run"] for s in steps} == {run}
+        sharpness = http_json(f"{base}/sharpness?run={run}")
+        alerts = http_json(f"{base}/alerts?run={run}")
+        assert sharpness and {e["run"] for e in sharpness} == {run}
+        assert alerts and {a["run"] for a in alerts} == {run}
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{base}/steps?run={max(runs) + 1}", timeout=5)
+    with info.value as error:
+        assert error.code == 404 and f"current run is {runs[1]}" in json.load(error)["error"]
+    # `edgewatch show` lists the current run's last steps, not both runs' interleaved.
+    capsys.readouterr()
+    assert main(["show", "again", "--server", daemon.http_url, "--json", "--steps", "5"]) == 0
+    shown = json.loads(capsys.readouterr().out)["steps"]
+    assert [s["step"] for s in shown] == list(range(lasts[1] - 4, lasts[1] + 1))
+    assert {s["run"] for s in shown} == {runs[1]}
 
 
 def _draws() -> tuple[float, float, float]:

@@ -12,10 +12,14 @@ here (``server/http.py`` serves these answers), so every route is tested by call
                                          analysis state, and what its curvature budget
                                          bought in this run: "estimates" (λ_max
                                          estimates), "curvature_seconds"
-    GET /api/jobs/{job_id}/steps?start=&end=&limit=       step records in step order
-    GET /api/jobs/{job_id}/sharpness?start=&end=&limit=   sharpness estimates, with the
-                                                          threshold at that step's LR
-    GET /api/jobs/{job_id}/alerts        one per forecast state change (views.Alert)
+    GET /api/jobs/{job_id}/steps?start=&end=&limit=&run=  step records in step order
+    GET /api/jobs/{job_id}/sharpness?start=&end=&limit=&run=
+                                         sharpness estimates, with the threshold at
+                                         that step's LR
+    GET /api/jobs/{job_id}/alerts?run=   one per forecast state change (views.Alert)
+                                         (run=: one run's only; a job re-attached under
+                                         its name holds every run's; 404 for a run it
+                                         does not hold)
     GET /api/jobs/{job_id}/series?start=&end=&points=&tables=
                                          chart columns over [start, end] (default: the
                                          whole job): {"steps": {"step": [..], "lr": [..],
@@ -140,6 +144,15 @@ def _int_param(query: dict[str, list[str]], name: str, default: int | None) -> i
         raise BadRequest(400, f"query parameter {name!r} must be an integer") from None
 
 
+def _run_param(ctx: ApiContext, state: JobState, query: dict[str, list[str]]) -> int | None:
+    """The ``run`` asked for (None: every run), one the job holds records of."""
+    run = _int_param(query, "run", None)
+    if run is not None and run != state.run and not ctx.store.has_run(state.pk, run):
+        current = f"its current run is {state.run}"
+        raise BadRequest(404, f"job {state.job_id!r} holds no run {run}; {current}")
+    return run
+
+
 def _jobs_api(ctx: ApiContext, rest: list[str], query: dict[str, list[str]]) -> Any:
     if not rest:
         return [s.view() for s in sorted(ctx.jobs.snapshot(), key=lambda s: s.job_id)]
@@ -154,11 +167,13 @@ def _jobs_api(ctx: ApiContext, rest: list[str], query: dict[str, list[str]]) -> 
         if limit is None or not 0 < limit <= MAX_STEPS_PER_REQUEST:
             raise BadRequest(400, f"limit must be in 1..{MAX_STEPS_PER_REQUEST}")
         start, end = _int_param(query, "start", None), _int_param(query, "end", None)
+        run = _run_param(ctx, state, query)
         if rest[1] == "steps":
-            return [_step_json(r) for r in ctx.store.steps(state.pk, start, end, limit)]
-        return _sharpness_json(state, ctx.store.sharpness(state.pk, start, end, limit))
+            return [_step_json(r) for r in ctx.store.steps(state.pk, start, end, limit, run)]
+        return _sharpness_json(state, ctx.store.sharpness(state.pk, start, end, limit, run))
     if rest[1:] == ["alerts"]:
-        return [_alert_view(r) for r in ctx.store.alerts(state.pk)]
+        run = _run_param(ctx, state, query)
+        return [_alert_view(r) for r in ctx.store.alerts(state.pk, run=run)]
     if rest[1:] == ["series"]:
         points = _int_param(query, "points", DEFAULT_POINTS)
         if points is None or not 1 <= points <= MAX_POINTS:
