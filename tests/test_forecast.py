@@ -160,3 +160,18 @@ def test_the_gradient_norm_rule_warns_when_enabled_and_is_off_by_default() -> No
     # The short average passes 2× its baseline at step 202 and must hold there two steps.
     assert (alert.step, alert.state) == (203, "approaching")
     assert "gradient norm" in alert.reason
+
+
+def test_the_reason_names_a_jump_beyond_the_horizon_that_stays_under_the_alarm() -> None:
+    """An estimate far from the edge, a ×3 jump 300 steps on: no crossing, and the "why"
+    names the jump's step and ratio rather than only the horizon's quiet stretch."""
+    plan = LRPlan((0, 299, 300), (0.01, 0.01, 0.03))
+    forecast = JobForecast(SGD)
+    forecast.observe_plan(0, plan)
+    forecast.observe_step(0, 0.01, 1.0, 1.0)
+    forecast.observe_sharpness(0, 20.0, 0.01)  # ratio 0.1 now, 0.3 after the jump
+    assert forecast.state == "stable" and forecast.crossing is not None
+    assert forecast.crossing.at is None
+    reason = forecast.reason
+    assert "(0.01) gives ratio 0.1;" in reason  # the horizon: the LR in force
+    assert "the plan's riskiest step ahead, 300 (0.03), ratio 0.3" in reason

@@ -71,6 +71,10 @@ class Crossing:
     worst_lr: float
     sharpness: float
     sharpness_step: int
+    peak: int = 0
+    """The riskiest step of the whole plan scanned (a jump beyond the horizon)."""
+    peak_ratio: float = 0.0
+    peak_lr: float = 0.0
 
 
 class CurvatureForecast:
@@ -165,6 +169,7 @@ class CurvatureForecast:
         worst = (
             at if at is not None else max((k for k in scan if k <= now + self.horizon), key=ratio)
         )
+        peak = max(scan, key=ratio) if scan else worst
         self.last = Crossing(
             made_at=now,
             level=level,
@@ -177,6 +182,9 @@ class CurvatureForecast:
             worst_lr=lr_at(worst),
             sharpness=last.value,
             sharpness_step=last.step,
+            peak=peak,
+            peak_ratio=ratio(peak),
+            peak_lr=lr_at(peak),
         )
         return self.last
 

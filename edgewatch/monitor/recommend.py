@@ -143,6 +143,12 @@ def explain(
             f"({crossing.worst_lr:.3g}) gives ratio {crossing.worst_ratio:.3g}; "
             f"{level}, alarm at {crossing.alarm_ratio:.3g}"
         )
+        if crossing.at is None and crossing.peak_ratio > crossing.worst_ratio:
+            # Beyond the horizon the plan may hold a jump: name the riskiest step scanned.
+            words += (
+                f"; the plan's riskiest step ahead, {crossing.peak} ({crossing.peak_lr:.3g}), "
+                f"ratio {crossing.peak_ratio:.3g}"
+            )
     if not alarmed:
         return words
     if recommendation.resume_step is not None:
