@@ -89,6 +89,10 @@ def _ddp_rank(rank: int, world: int, port: int, endpoint: str, out: str) -> None
     Path(out, f"rank{rank}.json").write_text(
         json.dumps({"norms": norms, "enabled": mon.enabled, "estimates": estimates, "sent": sent})
     )
+    # Both ranks tear gloo down together: a rank that destroyed its group while the other
+    # still used the store was once aborted by gloo ("terminate called without an active
+    # exception", SIGABRT) in a full-suite run.
+    dist.barrier()
     dist.destroy_process_group()
 
 
