@@ -40,11 +40,14 @@ def api_get(server: str, path: str, timeout: float = 5.0) -> Any:
         ) from exc
 
 
-def job_path(job: str, what: str = "") -> str:
+def job_path(job: str, what: str = "", **query: int | None) -> str:
     """``/api/jobs/{job}`` (the job id quoted), or one of its lists (``what``: ``steps``,
-    ``sharpness``, ``alerts``)."""
+    ``sharpness``, ``alerts``), with the ``query`` parameters that are not None
+    (``start``, ``limit``, ``run``: one run of a job attached more than once)."""
     path = f"/api/jobs/{urllib.parse.quote(job, safe='')}"
-    return f"{path}/{what}" if what else path
+    path = f"{path}/{what}" if what else path
+    given = {name: value for name, value in query.items() if value is not None}
+    return f"{path}?{urllib.parse.urlencode(given)}" if given else path
 
 
 def jobs(server: str) -> list[views.Job]:
@@ -60,8 +63,7 @@ def job(server: str, job_id: str) -> views.Job:
 def alerts(server: str, job_id: str, run: int | None = None) -> list[views.Alert]:
     """The job's forecast state changes (of one ``run``, else of every run), in the
     order they were raised."""
-    path = job_path(job_id, "alerts") + ("" if run is None else f"?run={run}")
-    return msgspec.convert(api_get(server, path), list[views.Alert])
+    return msgspec.convert(api_get(server, job_path(job_id, "alerts", run=run)), list[views.Alert])
 
 
 def job_list(
@@ -69,6 +71,5 @@ def job_list(
 ) -> list[dict[str, Any]]:
     """One of a job's table lists, in step order: ``steps`` or ``sharpness`` (rows of
     the stored columns, as dicts), of one ``run`` or else of every run."""
-    path = job_path(job_id, what) + ("" if run is None else f"?run={run}")
-    found: list[dict[str, Any]] = api_get(server, path, timeout=timeout)
+    found: list[dict[str, Any]] = api_get(server, job_path(job_id, what, run=run), timeout=timeout)
     return found

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import sys
-import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,11 +75,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    quoted = urllib.parse.quote(args.job, safe="")
     job = api_client.job(args.server, args.job)
     last = job.last_step or 0
     start = max(0, last - args.steps + 1)  # of the current run (a job re-attached has more)
-    steps = api_get(args.server, f"/api/jobs/{quoted}/steps?start={start}&run={job.run}")
+    steps = api_get(args.server, api_client.job_path(args.job, "steps", start=start, run=job.run))
     if args.json:
         print(json.dumps({"job": msgspec.to_builtins(job), "steps": steps}, indent=2))
         return 0

@@ -15,7 +15,6 @@ Reads the daemon's HTTP API, like ``edgewatch show``. Needs matplotlib (``pip in
 from __future__ import annotations
 
 import math
-import urllib.parse
 import warnings
 from typing import Any
 
@@ -36,13 +35,13 @@ MAX_STEPS = 100_000  # one API page; longer jobs are drawn to their first 100k s
 
 def fetch(server: str, job: str) -> dict[str, Any]:
     """The job's current run (a job attached again under its name holds every run)."""
-    quoted = urllib.parse.quote(job, safe="")
     found = api_client.job(server, job)
-    query = f"limit={MAX_STEPS}&run={found.run}"
+    steps = api_client.job_path(job, "steps", limit=MAX_STEPS, run=found.run)
+    sharpness = api_client.job_path(job, "sharpness", limit=MAX_STEPS, run=found.run)
     return {
         "job": found,
-        "steps": api_get(server, f"/api/jobs/{quoted}/steps?{query}", timeout=60),
-        "sharpness": api_get(server, f"/api/jobs/{quoted}/sharpness?{query}"),
+        "steps": api_get(server, steps, timeout=60),
+        "sharpness": api_get(server, sharpness),
         "alerts": api_client.alerts(server, job, found.run),
     }
 

@@ -67,7 +67,6 @@ class Loop:
         self.times: list[float] = []
         self.own = 0.0  # this loop's own seconds (the budget's clock)
         self.step = 0
-        self.estimate_steps: list[int] = []
         self.finished: list[tuple[int, str, TrackedEstimate | None]] = []  # step, reason, it
         # A function of its own, not a bound method: the plan is copied ahead (deepcopy),
         # and a method would drag the loop, its monitor and its threads along.
@@ -88,6 +87,11 @@ class Loop:
                 if name == "curvature-differences":
                     self.mon.curvature.tracker.trust.hvp = "auto"
 
+    @property
+    def estimate_steps(self) -> list[int]:
+        """The steps at which an estimate finished."""
+        return [step for step, _, _ in self.finished]
+
     def block(self, steps: int) -> None:
         model, optimizer, mon = self.model, self.optimizer, self.mon
         for _ in range(steps):
@@ -100,8 +104,7 @@ class Loop:
             if mon is not None:
                 mon.step(loss)
                 curvature = mon.curvature
-                if curvature is not None and curvature.estimates > len(self.estimate_steps):
-                    self.estimate_steps.append(self.step)
+                if curvature is not None and curvature.estimates > len(self.finished):
                     self.finished.append((self.step, curvature.reason, curvature.tracker.last))
             optimizer.zero_grad(set_to_none=True)
             seconds = time.perf_counter() - start

@@ -44,7 +44,7 @@ from edgewatch.monitor.difference import REL_STEPS
 from edgewatch.monitor.direction import update_direction
 from edgewatch.monitor.hvp import flat_params
 from edgewatch.monitor.line_search import CriticalSharpness, critical_sharpness
-from edgewatch.monitor.progress import TrackedEstimate
+from edgewatch.monitor.progress import TrackedEstimate, unit_kind
 from edgewatch.monitor.thresholds import uses_preconditioned_sharpness
 from edgewatch.monitor.tracking import SharpnessTracker
 
@@ -204,10 +204,10 @@ class CurvatureSchedule:
         return len(REL_STEPS) * self.spending.per_unit("difference") if compares else 0.0
 
     def _warm_kind(self) -> str:  # the unit kind most later estimates run on
-        return "exact" if self.tracker.difference_step is None else "difference"
+        return unit_kind(self.tracker.difference_step is None)
 
     def _next_kind(self) -> str:  # the unit kind of the next slice
-        return "exact" if self.tracker.next_exact else "difference"
+        return unit_kind(self.tracker.next_exact)
 
     def due(
         self,

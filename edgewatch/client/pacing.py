@@ -12,12 +12,13 @@ import math
 import statistics
 from collections.abc import Callable, Mapping
 
+from edgewatch.monitor.progress import UNIT_KINDS
+
 STEP_WINDOW = 101  # recent step times the median is taken over
 TIMED_STEPS = 3  # step times read before a price is (the first three are set-up's too)
 RECENT_STEPS = 9  # step times a slice's price is read against (the load of the moment)
 SLICE_STEPS = 1.0  # step times a slice may take, where HVPs are cheap (``slice_hvps``)
 MAX_SLICE_HVPS = 8  # HVPs a slice may run at most
-UNIT_KINDS = ("exact", "difference")  # how a slice's products are made (monitor/tracking.py)
 MEDIAN_EVERY = 16  # steps between recomputations of the median
 STIR_Z = 4.0  # deviations (of the log) from the running mean that count as a stir
 STIR_FLOOR = 0.1  # ... and at least this much in the log (10%): float noise is no stir
@@ -97,7 +98,7 @@ class Spending:
     probe) and critical-sharpness searches are charged the seconds they took, in step
     times.
 
-    Units come in two kinds, each with its own price (``monitor/tracking.py``): "exact"
+    Units come in two kinds (``monitor/progress.py``), each with its own price: "exact"
     (the probe graph and its double-backward products) and "difference" (plain
     gradients, up to half the price). The slice that compares the two has both kinds: it
     is charged at the prices known and reads neither.

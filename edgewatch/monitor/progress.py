@@ -13,6 +13,14 @@ from edgewatch.monitor.curvature import SharpnessEstimate
 from edgewatch.monitor.subspace import RitzSubspace
 
 Stop = Literal["bound", "stagnation", "budget"]
+# How a slice's probe evaluations are made: the probe graph and its double-backward
+# products, or plain gradients for difference products. The client prices them apart.
+UNIT_KINDS = ("exact", "difference")
+
+
+def unit_kind(exact: bool) -> str:
+    """The unit kind of products made exactly (double backward) or not (differences)."""
+    return "exact" if exact else "difference"
 
 
 @dataclasses.dataclass(frozen=True)

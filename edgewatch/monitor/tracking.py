@@ -66,7 +66,7 @@ from edgewatch.monitor.direction import update_direction
 from edgewatch.monitor.eigen import COLD_EXPLORE, LanczosRun, lanczos
 from edgewatch.monitor.hvp import HessianOperator, ProductOperator, flat_params
 from edgewatch.monitor.isolation import private_generator, seed_globals, untouched
-from edgewatch.monitor.progress import Progress, Stop, TrackedEstimate
+from edgewatch.monitor.progress import Progress, Stop, TrackedEstimate, unit_kind
 from edgewatch.monitor.subspace import RitzSubspace
 
 TOL = 2e-2
@@ -188,7 +188,7 @@ class SharpnessTracker:
             seed_globals(progress.probe_seed, self.params)
             scale = preconditioner_scale(self.optimizer, self.params)
             operator = self._operator(progress, scale)
-            kind = "exact" if progress.exact else "difference"
+            kind = unit_kind(progress.exact)
             self.slice_units = {kind: 1}  # the probe graph, or the gradient at θ
             budget = min(self.hvps_per_step, self.max_hvps - progress.matvecs)
             start = progress.vector.to(device=self.params[0].device, dtype=self.params[0].dtype)
@@ -373,7 +373,7 @@ class SharpnessTracker:
         if u is None or not bool(torch.isfinite(u).all()) or not bool(u.any()):
             return UpdateCurvature(math.nan, math.nan)
         self.hvps_total += 1
-        kind = "exact" if isinstance(operator, HessianOperator) else "difference"
+        kind = unit_kind(isinstance(operator, HessianOperator))
         self.slice_units[kind] = self.slice_units.get(kind, 0) + 1
         return curvature_along(operator, u, scale)
 
