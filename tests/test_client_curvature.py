@@ -11,7 +11,9 @@ import torch
 from conftest import metric
 
 import edgewatch
-from edgewatch.client.curvature import CurvatureSchedule
+from edgewatch.client.curvature import START_SEED, CurvatureSchedule
+from edgewatch.client.pacing import MAX_SLICE_HVPS
+from edgewatch.monitor.tracking import SharpnessTracker
 from edgewatch.server import Daemon
 from edgewatch_testkit.curvature_problems import Problem, make_problem
 from edgewatch_testkit.net import http_json
@@ -201,3 +203,27 @@ def test_a_rerun_of_a_run_stores_the_same_first_estimate(daemon: Daemon) -> None
         assert rows, f"{job}: no estimate stored"
         stored.append((rows[0]["step"], rows[0]["matvecs"], rows[0]["value"]))
     assert stored[0] == stored[1]
+
+
+def test_a_first_estimate_its_share_cuts_short_runs_in_one_slice(daemon: Daemon) -> None:
+    """A short run's share buys its first estimate only a few HVPs: they run in one
+    slice, one Krylov space, rather than two slices of two cut apart, which read as low
+    as 0.01 of λ_max on the benchmark's fast families (bench/RESULTS.md, "One slice")."""
+    problem = make_problem("ce", "init")
+    optimizer = torch.optim.SGD(problem.model.parameters(), lr=0.05)
+    mon = train_until(
+        problem, optimizer, daemon, "one-slice", lambda c: c.estimates >= 1, 0.05, total_steps=300
+    )
+    assert mon.curvature is not None
+    first = mon.curvature.tracker.last
+    assert first is not None and first.slices == 1, first
+    assert 2 <= first.matvecs <= MAX_SLICE_HVPS
+    # It is one Lanczos run of that many HVPs from the seeded start, at the parameters it
+    # ran at (training stopped at the step it finished).
+    hvps = first.matvecs
+    alone = SharpnessTracker(
+        problem.model, problem.probe, hvps_per_step=hvps, max_hvps=hvps, seed=START_SEED
+    )
+    again = alone.advance()
+    assert again is not None and again.value == pytest.approx(first.value, rel=1e-6)
+    assert first.value <= problem.spectrum()[-1] * (1 + 1e-6)  # a Ritz value: from below

@@ -85,7 +85,7 @@ def _ddp_rank(rank: int, world: int, port: int, endpoint: str, out: str) -> None
     estimates = mon.curvature.estimates if mon.curvature else 0
     sent = 0
     if mon.curvature is not None:
-        sent = estimates + mon.curvature.critical_found
+        sent = estimates + mon.curvature.critical.found
     Path(out, f"rank{rank}.json").write_text(
         json.dumps({"norms": norms, "enabled": mon.enabled, "estimates": estimates, "sent": sent})
     )

@@ -2,10 +2,9 @@
 a share of the run's time, without stalling a step for long.
 
 Two measurements: **sharpness** λ_max (λ_max(P⁻¹H) for Adam) by Lanczos on HVPs through
-``monitor.tracking.SharpnessTracker``, spread over steps at most ``hvps_per_step`` HVPs
-(and one probe graph) a step, plus one HVP along the last update when it finishes (Bai et
-al. 2025, arXiv 2506.04805); and, when asked for, the forward-only **critical sharpness**
-(``monitor.line_search``; Kalra et al. 2026, arXiv 2601.16979).
+``monitor.tracking.SharpnessTracker``, in slices of a few HVPs (and one probe graph) a
+step, plus one HVP along the last update when it finishes (Bai et al. 2025, arXiv
+2506.04805); and, when asked for, the **critical sharpness** (``client/critical.py``).
 
 The budget: the share ``budget`` of the run's training time, counted in the run's own
 median step time (``pacing.StepClock``, curvature left out), not in seconds, so that two
@@ -36,14 +35,13 @@ from typing import Any, Literal
 
 import torch
 
-from edgewatch.client.pacing import Spending, StepClock, Stir
-from edgewatch.client.readings import critical_fields, estimate_fields
+from edgewatch.client.critical import CRITICAL_SHARE, CriticalSearches
+from edgewatch.client.pacing import MAX_SLICE_HVPS, HvpLaps, Spending, StepClock, Stir
+from edgewatch.client.readings import estimate_fields
 from edgewatch.client.rises import PlanView, Rises
 from edgewatch.client.schedule import PlanSource
 from edgewatch.monitor.difference import REL_STEPS
-from edgewatch.monitor.direction import update_direction
 from edgewatch.monitor.hvp import flat_params
-from edgewatch.monitor.line_search import CriticalSharpness, critical_sharpness
 from edgewatch.monitor.progress import TrackedEstimate, unit_kind
 from edgewatch.monitor.thresholds import uses_preconditioned_sharpness
 from edgewatch.monitor.tracking import SharpnessTracker
@@ -56,10 +54,6 @@ SETTLE_STEPS = 50  # the daemon's default ``settle_steps`` (monitor/settings.py)
 HORIZON = 100  # the daemon's default ``horizon``
 WARM_SHARE = 0.25  # a warm estimate needs ~1/4 of the cold first one (bench/RESULTS.md)
 WARM_HVPS_GUESS = 8  # HVPs of a warm estimate before one has been seen
-# The forward-only critical sharpness's share, when asked for (``critical=True``): off by
-# default, it added nothing on runs it was not tuned on (RESULTS.md, "What each signal adds").
-CRITICAL_SHARE = 0.3
-CRITICAL_FORWARDS = 5  # probe forwards per critical-sharpness search
 RETRY_STEPS = 50  # after a failed attempt, wait RETRY_STEPS / budget steps
 NEAR_EDGE = 0.8  # stability ratio from which curvature is measured more often
 URGENT = 4.0  # how much more often
@@ -132,12 +126,14 @@ class CurvatureSchedule:
         self.view = PlanView(plans) if plans is not None else None
         self.rises = Rises(self.view, horizon)
         self.stir = Stir()
-        self.critical_share = budget * CRITICAL_SHARE if critical else 0.0
         self.spending = Spending(self.ticks)
+        share = budget * CRITICAL_SHARE if critical else 0.0
+        self.critical = CriticalSearches(
+            target, self.params, optimizer, probe, share, self.spending
+        )
         self.first_units = 0  # of the first λ_max estimate (cold, the dearest)
         self.warm_units = 0.0  # running mean of a later estimate's units
         self.warm_hvps = float(WARM_HVPS_GUESS)  # running mean of a later one's HVPs
-        self.critical_cost = 0.0  # running mean of a critical search's seconds
         self._estimate_units = 0  # of the λ_max estimate in progress: graphs and HVPs
         self._estimate_seconds = 0.0  # ... and the seconds its slices took
         self._estimate_hvps = 0  # of which HVPs
@@ -149,10 +145,7 @@ class CurvatureSchedule:
         self.reasons = dict.fromkeys(REASONS, 0)  # finished estimates per reason
         self.reason: Reason = "first"  # of the estimate under way (or the last)
         self.last_end = -(10**9)  # step the last estimate finished (or failed) at
-        self.last_critical = -(10**9)
         self.not_before = 0  # after a failure, no new attempt before this step
-        self.critical_searches = 0  # critical-sharpness searches run
-        self.critical_found = 0  # of which found a step (each sent)
         self.failures = 0
         self.rise_unmeasured = 0  # step a planned rise first found the budget spent
         self._refresh = False  # the rise estimate about to start is a refresh
@@ -181,7 +174,7 @@ class CurvatureSchedule:
 
     def allowance(self) -> float:
         """The λ_max estimates' share of the run's expected time, in step times."""
-        return (self.budget - self.critical_share) * self.expected_steps()
+        return (self.budget - self.critical.share) * self.expected_steps()
 
     def free(self) -> float:
         """Step times of the allowance not yet spent."""
@@ -239,7 +232,8 @@ class CurvatureSchedule:
             self.rises.started(self.step, lr, self.lead(), refresh=self._refresh)
             self._refresh = False
             return "sharpness"
-        if self.critical_share > 0 and self._critical_due():
+        if self.critical.due(self.step, self.steps):
+            self.attempts += 1
             return "critical"
         return None
 
@@ -304,12 +298,6 @@ class CurvatureSchedule:
             cap = min(cap, floor + (self.total_steps - 1 - self.step) * self.hvps_per_step)
         return max(floor, cap)
 
-    def _critical_due(self) -> bool:
-        spent = self.spending.critical
-        cost = self.spending.in_steps(self.critical_cost)
-        paced = (self.step - self.last_critical) * self.critical_share >= cost
-        return paced and spent + cost <= self.critical_share * self.steps
-
     def follow(self, stability_ratio: float | None) -> None:
         """Near the edge, as the daemon sees it, estimate URGENT times more often."""
         near = stability_ratio is not None and stability_ratio >= NEAR_EDGE
@@ -320,14 +308,27 @@ class CurvatureSchedule:
         over all its slices (else None and the slice's seconds)."""
         first = self.tracker.last is None
         hvps = self.tracker.hvps_total
-        self.tracker.hvps_per_step = self.spending.slice_hvps(self.hvps_per_step, self._next_kind())
-        self.tracker.max_hvps = self._hvp_cap()
+        kind = self._next_kind()
+        nominal = self.tracker.hvps_per_step = self.spending.slice_hvps(self.hvps_per_step, kind)
+        cap = self.tracker.max_hvps = self._hvp_cap()
         start = time.perf_counter()
+        more, laps = None, HvpLaps(start)
+        # An estimate the allowance ends within MAX_SLICE_HVPS runs in one slice: split,
+        # its Krylov space is cut at each slice, and 4 HVPs in two slices read 0.01-0.94
+        # of λ_max where one slice read 0.53-1.00 (bench/RESULTS.md, "One slice").
+        if not self.spending.per_unit(kind):  # the run's first slice: priced as it runs
+            self.tracker.hvps_per_step = MAX_SLICE_HVPS
+            more = self._first_slice_goes_on(laps)
+        elif cap < MAX_HVPS and cap - self._estimate_hvps <= MAX_SLICE_HVPS:
+            self.tracker.hvps_per_step = cap - self._estimate_hvps
         self.attempts += 1
-        est = self.tracker.advance()
+        est = self.tracker.advance(more)
+        self.tracker.hvps_per_step = nominal  # what the schedule prices a slice at
         seconds = time.perf_counter() - start
         units = sum(self.tracker.slice_units.values())  # probe graph or gradient, products
         self.spending.charge(seconds, self.tracker.slice_units)  # the first one too
+        if laps.cheapest is not None:
+            self.spending.undercut(kind, laps.cheapest)
         self._estimate_units += units
         self._estimate_seconds += seconds
         self._estimate_hvps += self.tracker.hvps_total - hvps
@@ -347,32 +348,31 @@ class CurvatureSchedule:
             self.warm_hvps = 0.7 * self.warm_hvps + 0.3 * est.matvecs if later else est.matvecs
         return est, took
 
-    def critical(self, lr: float) -> tuple[CriticalSharpness | None, float]:
-        """The critical sharpness along the last update (None when there is no update)."""
-        start = time.perf_counter()
-        self.attempts += 1
-        direction = update_direction(self.optimizer, self.params)
-        result = None
-        if direction is not None and lr > 0:
-            result = critical_sharpness(
-                self.target, self.probe, direction, lr, max_forwards=CRITICAL_FORWARDS
-            )
-        seconds = time.perf_counter() - start
-        self.spending.charge(seconds, critical=True)
-        before = self.critical_cost  # a running mean, from the first search's seconds
-        self.critical_cost = 0.7 * before + 0.3 * seconds if before else seconds
-        self.last_critical = self.step
-        self.critical_searches += 1
-        return result, seconds
+    def _first_slice_goes_on(self, laps: HvpLaps) -> Callable[[int], bool]:
+        """Whether the run's first slice, unpriced, runs another HVP after ``done``: its
+        cheapest HVP gives the price (the probe graph counted as one more). It runs up to
+        MAX_SLICE_HVPS (a stall of a few steps, once) or until the first estimate's share
+        is spent, which ends the estimate (``max_hvps``)."""
+        least = 2 * self.hvps_per_step  # as in two slices: a 2-HVP Krylov space reads little
+
+        def goes_on(done: int) -> bool:
+            seconds, step = laps.lap(), self.ticks.recent()
+            if done < least or seconds is None or not step:
+                return done < least
+            price = seconds / step
+            share = self.free() - (1 - FIRST_SHARE) * self.allowance()
+            affordable = int(share / price) - 1
+            if done >= affordable:
+                self.tracker.max_hvps = done  # the share is spent: the estimate ends here
+                return False
+            return True
+
+        return goes_on
 
     def measure(self, kind: Kind, lr: float) -> dict[str, Any] | None:
         """Run ``kind``; the fields of its Sharpness record once there is one to send."""
         if kind == "critical":
-            found, seconds = self.critical(lr)
-            if found is None or not math.isfinite(found.lambda_c):
-                return None  # no update yet, or no rise within the search: nothing to say
-            self.critical_found += 1
-            return critical_fields(found, seconds, lr)
+            return self.critical.measure(self.step, lr)
         est, seconds = self.slice()
         return None if est is None else estimate_fields(est, seconds, lr)
 

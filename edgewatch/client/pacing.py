@@ -10,6 +10,7 @@ import collections
 import itertools
 import math
 import statistics
+import time
 from collections.abc import Callable, Mapping
 
 from edgewatch.monitor.progress import UNIT_KINDS
@@ -156,6 +157,13 @@ class Spending:
         else:
             self.other += seconds / step
 
+    def undercut(self, kind: str, seconds: float) -> None:
+        """A unit of ``kind`` was seen to take ``seconds`` inside a slice (``HvpLaps``):
+        the price is that, if lower."""
+        step = self.ticks.recent() if self.ticks.timed else None
+        if step is not None:
+            self.lowest[kind] = min(self.lowest[kind], seconds / step)
+
     def slice_hvps(self, least: int, kind: str = "exact") -> int:
         """HVPs of the next slice: as many as fit in SLICE_STEPS step times, between
         ``least`` (the ``hvps_per_step`` asked for) and MAX_SLICE_HVPS. Where an HVP is
@@ -170,6 +178,24 @@ class Spending:
         """Seconds of work since the last lap (left out of the step they fell in)."""
         out, self._lapped = self.seconds - self._lapped, self.seconds
         return out
+
+
+class HvpLaps:
+    """The seconds of each HVP of a slice, from the second on: the first also builds the
+    probe graph and, in a run's first slice, pays one-off set-up (LAPACK, autograd's first
+    double backward), so a first slice's mean price is dear; its cheapest HVP is not."""
+
+    def __init__(self, start: float) -> None:
+        self.marks = [start]
+        self.cheapest: float | None = None
+
+    def lap(self) -> float | None:
+        """An HVP ended now: the cheapest lap so far (None after the first)."""
+        self.marks.append(time.perf_counter())
+        if len(self.marks) >= 3:
+            last = self.marks[-1] - self.marks[-2]
+            self.cheapest = last if self.cheapest is None else min(self.cheapest, last)
+        return self.cheapest
 
 
 class Stir:

@@ -180,9 +180,12 @@ def lanczos(
     gap: float | None = None,
     keep_products: bool = False,
     min_iter: int = 1,
+    more: Callable[[int], bool] | None = None,
 ) -> LanczosRun:
     """Lanczos from the unit vector ``q``; no argument checks and no warning (see
-    :func:`top_eigenvalue`, which is the public entry)."""
+    :func:`top_eigenvalue`, which is the public entry). ``more``, when given, is asked
+    after each mat-vec k < ``max_iter`` whether to run another (a caller pricing them
+    as they run)."""
     basis = [q]  # orthonormal Krylov vectors q_1 .. q_k
     products: list[torch.Tensor] = []
     alphas: list[float] = []
@@ -226,6 +229,8 @@ def lanczos(
         if invariant:
             bound = 0.0
         if (bound <= tol and k >= min_iter) or invariant or k == max_iter:
+            break
+        if more is not None and not more(k):
             break
         betas.append(beta)
         basis.append(w / beta)

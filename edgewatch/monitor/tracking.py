@@ -179,8 +179,10 @@ class SharpnessTracker:
             return self._progress.compare
         return self.last is not None and self.trust.compares(self.estimates + 1)
 
-    def advance(self) -> TrackedEstimate | None:
-        """One slice at the current parameters; the finished estimate, or None."""
+    def advance(self, more: Callable[[int], bool] | None = None) -> TrackedEstimate | None:
+        """One slice at the current parameters; the finished estimate, or None. ``more``:
+        asked after each HVP of the slice whether to run another (``eigen.lanczos``); it
+        may lower ``max_hvps``, read when the slice ends."""
         if self._progress is None:
             self._progress = self._begin()
         progress = self._progress
@@ -200,7 +202,7 @@ class SharpnessTracker:
             # (13% low on the dropout probe of tests/test_tracking.py). A warm start
             # begins on the top vector, where the forecast's few percent suffice.
             tol = (min(self.tol, COLD_TOL) if progress.restarted else self.tol) if explored else 0.0
-            run = lanczos(operator, start, tol, budget, progress.gap, keep_products=True)
+            run = lanczos(operator, start, tol, budget, progress.gap, True, more=more)
             self.hvps_total += run.estimate.matvecs
             self.slice_units[kind] += run.estimate.matvecs
             if progress.compare and isinstance(operator, HessianOperator):
