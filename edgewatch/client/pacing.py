@@ -147,7 +147,7 @@ class Spending:
         if counted:
             if step is not None and len(counted) == 1:
                 [(kind, n)] = counted.items()
-                self.lowest[kind] = min(self.lowest[kind], seconds / n / step)
+                self.undercut(kind, seconds / n)
             for kind, n in counted.items():
                 self.units[kind] += n
         elif step is None:
@@ -158,8 +158,8 @@ class Spending:
             self.other += seconds / step
 
     def undercut(self, kind: str, seconds: float) -> None:
-        """A unit of ``kind`` was seen to take ``seconds`` inside a slice (``HvpLaps``):
-        the price is that, if lower."""
+        """A unit of ``kind`` was seen to take ``seconds`` (a slice's mean, or its cheapest
+        HVP, ``HvpLaps``): the price is that, if lower."""
         step = self.ticks.recent() if self.ticks.timed else None
         if step is not None:
             self.lowest[kind] = min(self.lowest[kind], seconds / step)
