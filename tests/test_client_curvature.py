@@ -212,7 +212,7 @@ def test_a_first_estimate_its_share_cuts_short_runs_in_one_slice(daemon: Daemon)
     problem = make_problem("ce", "init")
     optimizer = torch.optim.SGD(problem.model.parameters(), lr=0.05)
     mon = train_until(
-        problem, optimizer, daemon, "one-slice", lambda c: c.estimates >= 1, 0.05, total_steps=300
+        problem, optimizer, daemon, "one-slice", lambda c: c.estimates >= 1, 0.03, total_steps=300
     )
     assert mon.curvature is not None
     first = mon.curvature.tracker.last

@@ -30,6 +30,41 @@ def test_adams_unsettled_first_estimates_raise_no_alarm() -> None:
     assert forecast.sustained_level == pytest.approx(0.5)
 
 
+def _adam_at_its_own_level(jump: float, settings: PredictorSettings) -> JobForecast:
+    """A healthy Adam job at a held LR whose one settled estimate reads ratio 5 (the
+    benchmark's event-free Adam runs at a held LR read up to 82), with a ×``jump`` at 300."""
+    plan = LRPlan((0, 299, 300, 399), (1e-3, 1e-3, 1e-3 * jump, 1e-3 * jump))
+    forecast = JobForecast(ADAM, settings, total_steps=400)
+    forecast.observe_plan(0, plan)
+    for t in range(300):
+        forecast.observe_step(t, plan.at(t), 3.0 - t / 400, 1.0)
+        if t == 60:
+            forecast.observe_sharpness(t, 5 * 38.0 / 1e-3, 1e-3)
+    return forecast
+
+
+def test_an_adam_job_at_a_ratio_of_its_own_is_quiet_until_its_plan_jumps() -> None:
+    quiet = _adam_at_its_own_level(1.0, PredictorSettings())
+    assert quiet.alerts == [] and quiet.sustained_level == pytest.approx(5.0)
+    assert "provisional" in quiet.reason
+    jump = _adam_at_its_own_level(10.0, PredictorSettings())
+    first = jump.alerts[0]
+    assert first.state == "approaching" and first.step == 300 - jump.settings.horizon
+    # Without the provisional level the first estimate is a crossing "now" (ratio 5 > 1.5),
+    # on a job that is training well.
+    bare = _adam_at_its_own_level(1.0, PredictorSettings(provisional_level=0))
+    assert [(a.step, a.state) for a in bare.alerts] == [(60, "unstable")]
+
+
+def test_an_sgd_job_above_the_edge_has_no_level_of_its_own() -> None:
+    forecast = JobForecast(SGD)
+    for t in range(100):
+        forecast.observe_step(t, 0.1, 1.0, 1.0)
+        if t == 20:
+            forecast.observe_sharpness(t, 5 * 2.0 / 0.1, 0.1)  # ratio 5: too hot for GD
+    assert forecast.alerts[0].step == 20 and forecast.alerts[0].state == "unstable"
+
+
 def test_the_sustained_level_does_not_learn_from_an_excursion() -> None:
     forecast = JobForecast(SGD, PredictorSettings(recover_steps=20))
     losses = [1.0] * 400 + [3.0] * 30 + [1.0] * 400

@@ -101,3 +101,23 @@ def test_a_falling_plan_wants_no_estimate_for_rises() -> None:
 
     starts, wanted = walk(decay, first=3, steps=3000)
     assert starts == [] and wanted == 0
+
+
+def test_a_run_of_known_length_reads_its_plan_once_and_no_further_than_its_end() -> None:
+    """Stepping the schedule ahead is charged to the curvature budget: a 500-step run
+    must not pay for the thousand steps a view of unknown length reads."""
+    asked: list[int] = []
+
+    def plan(step: int) -> float:
+        asked.append(step)
+        return warmup_cosine(step)
+
+    param = torch.zeros(1, requires_grad=True)
+    view = PlanView(PlanSource(plan, torch.optim.SGD([param], lr=plan(0))), last_step=499)
+    asked.clear()
+    reads = [step for step in range(500) if view.update(step, warmup_cosine(step))]
+    assert reads == [0]
+    assert max(asked) == 499 and len(asked) <= 500
+    assert view.at(499) == warmup_cosine(499)
+    assert view.update(500, warmup_cosine(500))  # run past its announced end: read again
+    assert view.at(600) == warmup_cosine(600)

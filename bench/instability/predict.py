@@ -68,6 +68,7 @@ INF = math.inf
 # The knobs tuned by leave-one-family-out; each signal has an "off" value (inf), so the
 # ablation is a restriction of the same grid.
 GRID = {
+    "provisional_level": (1, 0),
     "margin": (2.5, 0.6, 0.8, 1.0, 1.5, INF),
     "loss_excursion": (1.6, 1.3, 2.0, INF),
     "noise_band": (3.0, 1.0, 2.0),

@@ -123,7 +123,8 @@ class CurvatureSchedule:
         # interleaves monitored and unmonitored loops lends one that counts only its own.
         self.clock: Callable[[], float] = time.monotonic
         self.ticks = StepClock(self.clock)
-        self.view = PlanView(plans) if plans is not None else None
+        last = total_steps - 1 if total_steps else None  # the view is not read past it
+        self.view = PlanView(plans, last) if plans is not None else None
         self.rises = Rises(self.view, horizon)
         self.stir = Stir()
         self.spending = Spending(self.ticks)

@@ -27,8 +27,12 @@ class PlanView:
     schedule (``client/schedule.py``) stepped ahead here, on the training thread: the
     schedule must know a rise before it comes, whatever the sender thread is doing."""
 
-    def __init__(self, source: PlanSource) -> None:
+    def __init__(self, source: PlanSource, last_step: int | None = None) -> None:
         self.source = source
+        # The run's last step, where known: the view is not read past it. Its cost is
+        # charged to the curvature budget, and a short run of millisecond steps would
+        # otherwise pay for a thousand steps it never takes before its first estimate.
+        self.last_step = last_step
         self.first = 0  # the step of lrs[0]
         self.lrs: list[float] = []
         self.summits: list[int] = []  # per index, that of the highest LR from it on
@@ -41,7 +45,8 @@ class PlanView:
             return False
         planned = self.at(step)
         end = self.first + len(self.lrs)
-        short = not self.ended and step + PLAN_AHEAD // 2 >= end
+        to_the_end = self.last_step is not None and step < end and end > self.last_step
+        short = not self.ended and not to_the_end and step + PLAN_AHEAD // 2 >= end
         # An LR set by hand off the schedule's plan each step must not cost a snapshot
         # each step: the schedule is looked at again at most every REPLAN_GAP steps.
         moved = planned is not None and lr_moved(lr, planned) and step - self.first >= REPLAN_GAP
@@ -49,7 +54,7 @@ class PlanView:
             return False
         try:
             lookahead = self.source.snapshot(step + 1)
-            self.lrs = [lr, *lookahead.lrs(PLAN_AHEAD)]  # this step's LR, then the plan
+            self.lrs = [lr, *lookahead.lrs(self._ahead(step))]  # this step's LR, then the plan
         except Exception as exc:
             self.broken = True  # a schedule that cannot be copied will not copy next time
             log.warning("edgewatch: no LR plan for the curvature schedule: %r", exc)
@@ -57,6 +62,12 @@ class PlanView:
         self.first, self.ended = step, lookahead.ended
         self.summits = _summits(self.lrs)
         return True
+
+    def _ahead(self, step: int) -> int:
+        """Planned LRs to read after ``step``: PLAN_AHEAD, or up to the run's last step."""
+        if self.last_step is None or step >= self.last_step:
+            return PLAN_AHEAD
+        return min(PLAN_AHEAD, self.last_step - step)
 
     def at(self, step: int) -> float | None:
         i = step - self.first

@@ -21,6 +21,16 @@ So the forecast takes the latest sharpness, grown along its recent log-linear tr
 (the slope less two standard errors, capped), times the planned LR of each coming step,
 and finds the first step whose ratio reaches the alarm ratio.
 
+Adam-type optimizers sit at a level of their own from the start: the first teaching
+estimate's ratio stands for the level until estimates have matured into one
+(``provisional``). Of the benchmark's 34 event-free minibatch Adam runs at a held LR,
+5 read a first settled ratio above 1, from 1.8 to 82 (bench/RESULTS.md, "Instability
+benchmark v10"); against the bare max(1, level) each was a crossing "now", where
+nothing followed. The earliest estimate of the horizon stands, not the latest: a job sharpening
+at a held LR still crosses against it. SGD and heavy ball keep max(1, level): their
+ratio cannot stay above 1 (Cohen et al. 2021), and a first estimate above it says
+the plan is too hot.
+
 Adam's first steps: its second-moment estimate starts as one squared gradient, so the
 preconditioned ratio of the first estimates is 30–60× what the same run shows a hundred
 steps later (bench/RESULTS.md). Estimates before ``settle_steps`` optimizer steps therefore do
@@ -71,6 +81,8 @@ class Crossing:
     worst_lr: float
     sharpness: float
     sharpness_step: int
+    provisional: bool = False
+    """The level is the first healthy estimate's own ratio, none having matured yet."""
     peak: int = 0
     """The riskiest step of the whole plan scanned (a jump beyond the horizon)."""
     peak_ratio: float = 0.0
@@ -91,6 +103,7 @@ class CurvatureForecast:
         max_growth: float,
         lookahead: int,
         total_steps: int | None,
+        provisional: bool = False,
     ) -> None:
         self.unit = unit  # every threshold is a constant over η: ratio = λ·η / unit
         self.margin = margin
@@ -100,6 +113,7 @@ class CurvatureForecast:
         self.max_growth = max_growth
         self.lookahead = lookahead
         self.total_steps = total_steps
+        self.provisional = provisional  # the first teaching estimate stands for the level
         self.estimates: deque[Estimate] = deque(maxlen=max(trend_window, 8))
         self._maturing: deque[Estimate] = deque()  # teaching estimates under a horizon old
         self.taught: deque[Estimate] = deque(maxlen=sustained_window)  # the level's sources
@@ -108,7 +122,12 @@ class CurvatureForecast:
 
     @classmethod
     def from_settings(
-        cls, unit: float, margin: float, s: PredictorSettings, total_steps: int | None
+        cls,
+        unit: float,
+        margin: float,
+        s: PredictorSettings,
+        total_steps: int | None,
+        provisional: bool = False,
     ) -> CurvatureForecast:
         return cls(
             unit,
@@ -119,6 +138,7 @@ class CurvatureForecast:
             max_growth=s.max_growth,
             lookahead=s.lookahead,
             total_steps=total_steps,
+            provisional=provisional,
         )
 
     def ratio_at(self, step: int, lr: float) -> float:
@@ -140,11 +160,14 @@ class CurvatureForecast:
     def sustained_level(self, now: int) -> float:
         """Median ratio of the recent estimates the job has *sustained*: teaching ones at
         least a horizon old that no alarm followed within the horizon (a run diverging
-        from its first steps has sustained nothing)."""
+        from its first steps has sustained nothing). Before any has matured, with
+        ``provisional``: the ratio of the earliest teaching estimate under a horizon old."""
         while self._maturing and self._maturing[0].step <= now - self.horizon:
             self.taught.append(self._maturing.popleft())
         recent = [e.ratio for e in self.taught]
-        return statistics.median(recent) if recent else 0.0
+        if recent:
+            return statistics.median(recent)
+        return self._maturing[0].ratio if self.provisional and self._maturing else 0.0
 
     def forecast(self, now: int, lr_at: Callable[[int], float], plan: LRPlan | None) -> Crossing:
         """Find the crossing from ``now`` on, against the level sustained by ``now``."""
@@ -182,6 +205,7 @@ class CurvatureForecast:
             worst_lr=lr_at(worst),
             sharpness=last.value,
             sharpness_step=last.step,
+            provisional=level > 0 and not self.taught,
             peak=peak,
             peak_ratio=ratio(peak),
             peak_lr=lr_at(peak),

@@ -70,17 +70,18 @@ class JobForecast(Readout):
         self.total_steps = total_steps  # the plan past the run's end is not looked at
         self.adam = uses_preconditioned_sharpness(str(self.optimizer.get("kind", "")))
 
-        def stream(unit: float, margin: float) -> CurvatureForecast:
-            return CurvatureForecast.from_settings(unit, margin, s, total_steps)
+        def stream(unit: float, margin: float, own: bool = False) -> CurvatureForecast:
+            return CurvatureForecast.from_settings(unit, margin, s, total_steps, own)
 
         unit = threshold_for(self.optimizer, 1.0)
-        self.curvature = stream(unit, s.margin)  # λ_max: the forecast the API shows
+        own = self.adam and bool(s.provisional_level)  # Adam's level of its own (crossing.py)
+        self.curvature = stream(unit, s.margin, own)  # λ_max: the forecast the API shows
         # The two directional streams, each against its own sustained level: the
         # curvature along the update (same threshold as λ_max), the critical sharpness
         # (2/η: the step along the update that raises the loss).
         self.streams = {
             "sharpness": self.curvature,
-            "curvature along the update": stream(unit, s.direction_margin),
+            "curvature along the update": stream(unit, s.direction_margin, own),
             "critical sharpness": stream(2.0, s.critical_margin),
         }
         self.loss = LossHealth.from_settings(s)

@@ -137,6 +137,8 @@ def explain(
         level = (
             f"sustained level {crossing.level:.3g}" if crossing.level else "no sustained level yet"
         )
+        if crossing.provisional:  # Adam-type: the first healthy estimate's (crossing.py)
+            level = f"level {crossing.level:.3g} (provisional: the first healthy estimate's)"
         words = (
             f"sharpness {crossing.sharpness:.4g} (step {crossing.sharpness_step}) at the LR "
             f"{'planned' if planned else 'in force'} for step {crossing.worst} "

@@ -36,6 +36,10 @@ class PredictorSettings:
     """Recent estimates the sharpness trend (log-linear in steps) is fitted to."""
     max_growth: float = 2.0
     """Cap on how much the extrapolated sharpness may grow."""
+    provisional_level: int = 1
+    """Adam-type optimizers: 1, the first estimate taken while the job was healthy and
+    its LR held stands for the sustained level until estimates have matured into one; 0,
+    the level is none (max(1, level) is 1) until then."""
     settle_steps: int = 50
     """Adam-type optimizers: preconditioned estimates before this many steps are left out
     of the forecast (the second-moment estimate has not settled)."""
@@ -107,6 +111,7 @@ _RULES: dict[str, _Rule] = {
     "sustained_window": (lambda v: v >= 1, ">= 1 estimates"),
     "trend_window": (lambda v: v >= 2, ">= 2 estimates (a trend needs two points)"),
     "max_growth": (lambda v: v >= 1, ">= 1 (1: the sharpness is not extrapolated upwards)"),
+    "provisional_level": (lambda v: v in (0, 1), "0 or 1 (off or on)"),
     "settle_steps": _STEPS,
     "loss_excursion": _RATIO,
     "damage": (lambda v: v >= 1, ">= 1 (a ratio over the loss's best)"),

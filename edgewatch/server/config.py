@@ -37,8 +37,8 @@ ENV_PREFIX = "EDGEWATCH_"
 FORECAST = "forecast_"
 """Prefix of the predictor's fields as daemon settings: variables, flags, top-level keys."""
 PREDICTOR_FIELDS = tuple(f.name for f in dataclasses.fields(PredictorSettings))
-TUNED = ("margin", "horizon", "loss_excursion", "grad_excursion", "update_excursion",
-         "moment_excursion", "direction_margin", "critical_margin")  # fmt: skip
+TUNED = ("provisional_level", "margin", "horizon", "loss_excursion", "grad_excursion",
+         "update_excursion", "moment_excursion", "direction_margin", "critical_margin")  # fmt: skip
 """The fields bench/instability/predict.py tunes; ``replay`` also takes them without
 ``--forecast-``."""
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
