@@ -113,7 +113,7 @@ def test_a_run_of_known_length_reads_its_plan_once_and_no_further_than_its_end()
         return warmup_cosine(step)
 
     param = torch.zeros(1, requires_grad=True)
-    view = PlanView(PlanSource(plan, torch.optim.SGD([param], lr=plan(0))), last_step=499)
+    view = PlanView(PlanSource(plan, torch.optim.SGD([param], lr=plan(0))), total_steps=500)
     asked.clear()
     reads = [step for step in range(500) if view.update(step, warmup_cosine(step))]
     assert reads == [0]
@@ -121,3 +121,29 @@ def test_a_run_of_known_length_reads_its_plan_once_and_no_further_than_its_end()
     assert view.at(499) == warmup_cosine(499)
     assert view.update(500, warmup_cosine(500))  # run past its announced end: read again
     assert view.at(600) == warmup_cosine(600)
+
+
+def first_start(plan: Callable[[int], float], steps: int = 3000) -> int:
+    """The step a heavy-ball run's first estimate starts at: the first step from 3 on
+    (three steps price it) that does not wait for a rise."""
+    param = torch.zeros(1, requires_grad=True)
+    view = PlanView(PlanSource(plan, torch.optim.SGD([param], lr=plan(0))), total_steps=steps)
+    rises = Rises(view, HORIZON)
+    for step in range(3, steps):
+        view.update(step, plan(step))
+        if not rises.first_waits(step, plan(step), LEAD):
+            return step
+    return steps
+
+
+def test_a_first_estimate_before_a_sharp_rise_over_a_flat_plan_is_the_late_one() -> None:
+    """At the default budget a short run buys one estimate: over a flat plan with a jump
+    close ahead it is taken where the late one for the jump would be, which sees the
+    sharpness the jump meets (a heavy-ball CNN's λ_max: 0.66 at step 3, 25.6 at 176)."""
+    assert 250 - LEAD + HORIZON // 2 <= first_start(jump) <= 250 - HORIZON // 2
+    # Anything else starts at once: a flat plan, a warmup (a rise from the first step),
+    # a decay, a jump beyond two horizons and the lead.
+    assert first_start(lambda step: 1e-2) == 3
+    assert first_start(warmup_cosine) == 3
+    assert first_start(lambda step: 1e-2 * 0.999**step) == 3
+    assert first_start(lambda step: 1e-2 * (30.0 if step >= 1000 else 1.0)) == 3

@@ -5,8 +5,9 @@ nanoGPT-shaped GPT with nanoGPT's ``get_lr``), a scheduled ×30 LR jump is forec
 raises nothing.
 
 What makes this work at 2%: the curvature schedule (``client/curvature.py``) spends its
-few estimates where the forecast needs them, the first usable one (step 3 for SGD, step
-50 for Adam) and, where the budget covers only one more, a late one within half a
+few estimates where the forecast needs them, the first usable one (step 3 for SGD, or
+late before a jump over a flat plan; step 50 for Adam) and, where the budget covers
+only one more, a late one within half a
 horizon of the planned rise (the CNN's sharpness grows ×12 between 125 and 50 steps
 before its jump), and counts its budget in the run's own step times, each product priced against
 the steps around it, so the steps these estimates land on do not depend on the

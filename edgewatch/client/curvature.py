@@ -75,10 +75,10 @@ class CurvatureSchedule:
     estimate starts for a reason, counted in ``mon.stats``; the daemon multiplies the last
     usable one by the *planned* LR, so one recent enough must precede each rise of the plan:
     - ``first``: the first estimate the forecast can use, as soon as it can use one:
-      step 3 for SGD and heavy ball (is the plan safe from the start?); step
-      ``settle_steps`` (50) for Adam-type optimizers, whose earlier preconditioned
-      estimates the forecast leaves out (Cohen et al. 2022, arXiv 2207.14484). A too-hot
-      Adam start shows in the loss within steps, which the daemon reads.
+      step 3 for SGD and heavy ball (is the plan safe from the start?), or late before a
+      sharp rise close ahead of a flat plan (``Rises.first_waits``); step ``settle_steps``
+      (50) for Adam-type optimizers, whose earlier estimates the forecast leaves out (Cohen
+      et al. 2022, arXiv 2207.14484). A too-hot start shows in the loss within steps.
     - ``rise``: the planned LR within ``horizon`` + lead steps exceeds 1.5 × the highest
       LR the last estimate was taken to vouch for: each stretch of a warmup, a scheduled
       jump, a cyclic restart; before a sharp rise, once more within half a horizon of
@@ -123,15 +123,13 @@ class CurvatureSchedule:
         # interleaves monitored and unmonitored loops lends one that counts only its own.
         self.clock: Callable[[], float] = time.monotonic
         self.ticks = StepClock(self.clock)
-        last = total_steps - 1 if total_steps else None  # the view is not read past it
-        self.view = PlanView(plans, last) if plans is not None else None
+        self.view = PlanView(plans, total_steps) if plans is not None else None
         self.rises = Rises(self.view, horizon)
         self.stir = Stir()
         self.spending = Spending(self.ticks)
         share = budget * CRITICAL_SHARE if critical else 0.0
-        self.critical = CriticalSearches(
-            target, self.params, optimizer, probe, share, self.spending
-        )
+        searches = (target, self.params, optimizer, probe, share, self.spending)
+        self.critical = CriticalSearches(*searches)
         self.first_units = 0  # of the first λ_max estimate (cold, the dearest)
         self.warm_units = 0.0  # running mean of a later estimate's units
         self.warm_hvps = float(WARM_HVPS_GUESS)  # running mean of a later one's HVPs
@@ -243,6 +241,8 @@ class CurvatureSchedule:
             # Adam's estimates before settle_steps are left out of the forecast; before a
             # few steps are timed a slice has no price (benchmark v4, bench/RESULTS.md).
             ready = not self.adam or self.step >= self.settle_steps
+            if not self.adam and self.rises.first_waits(self.step, lr, self.lead()):
+                return None
             return "first" if ready and self.ticks.timed else None
         cost = self.expected_cost()
         free = self.free()

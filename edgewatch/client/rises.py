@@ -27,12 +27,12 @@ class PlanView:
     schedule (``client/schedule.py``) stepped ahead here, on the training thread: the
     schedule must know a rise before it comes, whatever the sender thread is doing."""
 
-    def __init__(self, source: PlanSource, last_step: int | None = None) -> None:
+    def __init__(self, source: PlanSource, total_steps: int | None = None) -> None:
         self.source = source
         # The run's last step, where known: the view is not read past it. Its cost is
         # charged to the curvature budget, and a short run of millisecond steps would
         # otherwise pay for a thousand steps it never takes before its first estimate.
-        self.last_step = last_step
+        self.last_step = total_steps - 1 if total_steps else None
         self.first = 0  # the step of lrs[0]
         self.lrs: list[float] = []
         self.summits: list[int] = []  # per index, that of the highest LR from it on
@@ -175,6 +175,20 @@ class Rises:
         if age >= half and self._summit_due(step, now):
             return "ahead"
         return None
+
+    def first_waits(self, step: int, lr: float | None, lead: int) -> bool:
+        """Whether a run's first estimate (heavy ball, SGD) waits for a sharp rise close
+        ahead: the plan holds the LR in force for the next ``lead`` − half a horizon steps,
+        then rises over RISE × it within two horizons more. It then starts where ``due``
+        starts the late estimate for such a rise. The sharpness such a rise meets is not
+        the one at the start: a heavy-ball CNN's λ_max went from 0.66 at step 3 to 25.6
+        at step 176, 74 steps before its jump (bench/RESULTS.md, "Instability benchmark
+        v10"), and at the default budget a short run's allowance covers one estimate."""
+        if not lr:
+            return False
+        near = self.peak(step, step + lead - self.horizon // 2)
+        far = self.peak(step, step + lead + 2 * self.horizon)
+        return near is not None and far is not None and near <= RISE * lr < far
 
     def _summit_due(self, step: int, now: float) -> bool:
         """The plan's highest LR in view comes within a horizon, is a gradual rise from

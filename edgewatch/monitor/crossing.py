@@ -152,9 +152,16 @@ class CurvatureForecast:
         if estimate.teaches:
             self._maturing.append(estimate)
 
+    def sustain(self, now: int, lr: float) -> None:
+        """The job has trained a horizon past the crossing forecast for it, its loss
+        healthy: the forecast ratio at ``lr`` now is a level it has sustained."""
+        last = self.estimates[-1]
+        self.taught.append(Estimate(now, last.value, self.ratio_at(now, lr), teaches=True))
+
     def forget_maturing(self) -> None:
-        """The job has just gone into an alarm state: the estimates of the horizon before it
-        (the ones that saw it coming) describe the trouble, not what the job bears."""
+        """The job has just gone into an alarm state, or on from ``approaching`` into damage:
+        the estimates of the horizon before it (the ones that saw it coming) describe the
+        trouble, not what the job bears."""
         self._maturing.clear()
 
     def sustained_level(self, now: int) -> float:

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edgewatch.monitor.crossing import CurvatureForecast, Estimate
-from edgewatch.monitor.ladder import ALARM_STATES, DAMAGED_STATES, STATES, climb
+from edgewatch.monitor.ladder import ALARM_STATES, DAMAGED_STATES, RANK, STATES, climb
 from edgewatch.monitor.plan import LRPlan, lr_moved
 from edgewatch.monitor.precursors import Excursion, LossHealth, per_lr
 from edgewatch.monitor.readout import Readout
@@ -38,16 +38,9 @@ from edgewatch.monitor.thresholds import threshold_for, uses_preconditioned_shar
 if TYPE_CHECKING:  # window.py imports NumPy and SciPy: loaded by the block path's first use
     from edgewatch.monitor.window import StepLike
 
-__all__ = [  # the settings and Alert live in settings.py; importers of this module keep them
-    "ALARM_STATES",
-    "DEFAULT_SETTINGS",
-    "STATES",
-    "Alert",
-    "JobForecast",
-    "PredictorSettings",
-    "State",
-    "per_lr",
-]
+# The settings and Alert live in settings.py; importers of this module keep them.
+__all__ = ["ALARM_STATES", "DEFAULT_SETTINGS", "STATES", "Alert", "JobForecast",
+           "PredictorSettings", "State", "per_lr"]  # fmt: skip
 NONFINITE_EVENTS = {"nonfinite_loss": "loss", "nonfinite_grad_norm": "gradient norm"}
 RISING = 1.01  # an LR over 1% above its value RISING_WINDOW steps before is rising
 RISING_WINDOW = 20
@@ -138,7 +131,8 @@ class JobForecast(Readout):
         if self.adam and step < self.settings.settle_steps:
             return None  # Adam's second moment has not settled (crossing.py)
         rising = bool(self.recent_lrs) and lr > RISING * self.recent_lrs[0]
-        healthy = self.state == "stable" and not self.loss.over(self.settings.damage)
+        # ``approaching`` is a crossing ahead, not trouble: the job bears what it is read at.
+        healthy = self.state not in DAMAGED_STATES and not self.loss.over(self.settings.damage)
         ratio = value * lr / stream.unit
         stream.add(Estimate(step, value, ratio, teaches=healthy and not rising))
         now = max(step, self.step)
@@ -334,15 +328,21 @@ class JobForecast(Readout):
 
     def _recheck_passed(self, step: int) -> None:
         """A crossing forecast for a step now past holds only while the ratio at the LR in
-        force is still over the alarm: when the plan has brought the LR down (a decay
-        after a jump) the forecast is made again from here, so a recovered job can
-        return to stable. An O(1) test per step; a new forecast only when it fails."""
-        lr = self._lr_at(step)
+        force is still over the alarm, and until the job has outlived it: when the plan
+        has brought the LR down (a decay after a jump), or the job has trained on a
+        horizon past it with a healthy loss, the forecast is made again from here, so a
+        recovered job can return to stable. An O(1) test per step."""
+        lr, healthy = self._lr_at(step), not self.loss.over(self.settings.damage)
         for stream in self.streams.values():
             last = stream.last
             if last is None or last.at is None or last.at > step or last.made_at >= step:
                 continue
-            if stream.ratio_at(step, lr) < last.alarm_ratio:
+            # A horizon past it with a healthy loss, the job has outlived the crossing: what
+            # it trains at now is what it bears (a network flattens after a jump it survives).
+            outlived = healthy and not self.loss.spiking and step - last.at >= self.settings.horizon
+            if outlived:
+                stream.sustain(step, lr)
+            if outlived or stream.ratio_at(step, lr) < last.alarm_ratio:
                 stream.forecast(step, self._lr_at, self.plan)
                 if stream is self.curvature:
                     self._recommend(step)
@@ -361,11 +361,10 @@ class JobForecast(Readout):
         return self._set(move, step, why if move != "stable" else "quiet again")
 
     def _set(self, state: State, step: int, why: str) -> Alert:
-        entering_alarm = state in ALARM_STATES and self.state == "stable"
+        if RANK[state] > RANK[self.state]:  # into an alarm, or on from approaching to damage
+            self.curvature.forget_maturing()
         self.state = state
         self.quiet = 0
-        if entering_alarm:
-            self.curvature.forget_maturing()
         if state in DAMAGED_STATES and self.lr:
             self.failed_lr = self.lr if self.failed_lr is None else min(self.failed_lr, self.lr)
         if state in DAMAGED_STATES:
