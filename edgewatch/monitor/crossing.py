@@ -26,10 +26,10 @@ estimate's ratio stands for the level until estimates have matured into one
 (``provisional``). Of the benchmark's 34 event-free minibatch Adam runs at a held LR,
 5 read a first settled ratio above 1, from 1.8 to 82 (bench/RESULTS.md, "Instability
 benchmark v10"); against the bare max(1, level) each was a crossing "now", where
-nothing followed. The earliest estimate of the horizon stands, not the latest: a job sharpening
-at a held LR still crosses against it. SGD and heavy ball keep max(1, level): their
-ratio cannot stay above 1 (Cohen et al. 2021), and a first estimate above it says
-the plan is too hot.
+nothing followed. The earliest estimate of the horizon stands, not the latest: a job
+sharpening at a held LR still crosses against it. SGD and heavy ball keep max(1, level):
+their ratio cannot stay above 1 (Cohen et al. 2021), and a first estimate above it
+says the plan is too hot.
 
 Adam's first steps: its second-moment estimate starts as one squared gradient, so the
 preconditioned ratio of the first estimates is 30–60× what the same run shows a hundred
