@@ -3,6 +3,7 @@ user's model, optimizer, scheduler and RNG states exactly as they were."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 import edgewatch
 from edgewatch.trial.grid import make_grid
+from edgewatch.trial.verdict import Judgement, Rules, judge
 
 CURVATURES = torch.tensor([10.0, 3.0, 1.0, 0.5])  # λ_max = 10: GD's edge is η = 0.2
 
@@ -87,6 +89,25 @@ def test_a_scheduled_jump_is_cut_down_and_the_fix_is_a_plan() -> None:
     assert hot.fix is not None and hot.fix.kind == "scale"
     scaled = hot.fixed_plan(lambda t: 0.5)
     assert scaled is not None and scaled(7) == pytest.approx(hot.fix.peak_lr)
+
+
+def test_the_fix_is_the_highest_peak_that_stayed_safe() -> None:
+    # Hot from the start at 0.5 (ratio 2.5). The ladder's first safe rung is a tenth of
+    # the peak, 0.05 (ratio 0.25); bisecting towards 0.5 raises it to 0.158 (ratio 0.79),
+    # under the borderline LR 0.18 (ratio 0.9) and within one bisection step of it.
+    hot = quadratic_preflight(lambda t: 0.5)
+    assert hot.fix is not None and hot.fix.verdict == "safe"
+    assert 0.12 < hot.fix.peak_lr < 0.18
+    assert hot.fix.margin == pytest.approx(0.2 / hot.fix.peak_lr, rel=1e-3)
+
+    # A jump from 0.05 to 0.4 at step 20: taking the jump out (0.05 held) is safe, and
+    # it is the fix: the LR the run trained at before the jump, not a smaller jump.
+    def plan(t: int) -> float:
+        return 0.05 if t < 20 else 0.4
+
+    report = quadratic_preflight(plan)
+    assert report.fix is not None and report.fix.kind == "jump"
+    assert report.fix.peak_lr == pytest.approx(0.05)
 
 
 def test_grid_keeps_short_plans_and_compresses_long_ones() -> None:
@@ -171,3 +192,60 @@ def test_the_report_has_a_record_and_a_picture(tmp_path: object) -> None:
     path = pathlib.Path(str(tmp_path)) / "preflight.png"
     report.save_png(str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_ratio_growing_fast_at_the_trials_end_is_unsafe() -> None:
+    # Progressive sharpening: the loss is healthy and the ratio far under the edge, but
+    # it doubles every 10 steps: 0.16 at the trial's end reaches 1.0 about 26 steps
+    # later. The same end reached growing 10x slower stays safe (264 steps away).
+    losses = [1.0 - 0.001 * t for t in range(100)]
+
+    def judged(doubling: float, rules: Rules) -> Judgement:
+        ratios = [(t, t, 1.0, 0.16 * 2 ** ((t - 96) / doubling)) for t in range(0, 100, 4)]
+        return judge(losses, ratios, 1.0, rules)
+
+    fast = judged(10.0, Rules())
+    assert fast.verdict == "borderline" and "growing" in fast.reason
+    assert fast.to_edge == pytest.approx(10 * math.log2(1 / 0.16), rel=1e-6)
+    slow = judged(100.0, Rules())
+    assert slow.verdict == "safe" and slow.to_edge == pytest.approx(264.4, rel=1e-3)
+    assert judged(10.0, Rules(sharpening=0)).verdict == "safe"
+    # Adam-type optimizers train at their edge: reaching it is no verdict.
+    assert judged(10.0, Rules(preconditioned=True)).verdict == "safe"
+    # A warmup's rise is the LR's, not the curvature's: the same sharpness throughout.
+    warmup = [(t, t, 0.002 * (t + 1), 0.4) for t in range(0, 100, 4)]
+    rising = judge(losses, warmup, 1.0, Rules())
+    assert rising.to_edge is None and rising.verdict == "safe"
+
+
+def test_the_fix_is_a_plan_from_the_scheduler_passed() -> None:
+    # The user passes a torch scheduler to pre-flight, and the same to fixed_plan.
+    model = Quadratic()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5)
+    report = edgewatch.preflight(
+        model, opt, lambda m: m(), sched, steps=40, batches=lambda: None,
+        loss=lambda m, _: m(), total_steps=40,
+    )  # fmt: skip
+    assert report.verdict == "unsafe" and report.fix is not None
+    fixed = report.fixed_plan(sched)
+    assert fixed is not None and fixed(7) == pytest.approx(report.fix.peak_lr)
+    assert sched.last_epoch == 0 and opt.param_groups[0]["lr"] == 0.5  # read on a copy
+
+
+def test_an_adam_type_ratio_over_the_edge_is_a_caution_never_a_failure() -> None:
+    # Healthy minibatch Adam trains with its preconditioned ratio over 1 (README,
+    # "Forecast"): with a healthy loss, 2× the edge is safe for Adam, 5× borderline
+    # (past hot), and 5× is unsafe for SGD.
+    losses = [1.0 - 0.001 * t for t in range(100)]
+
+    def ratios(value: float) -> list[tuple[int, int, float, float]]:
+        return [(t, t, 1.0, value) for t in range(0, 100, 4)]
+
+    assert judge(losses, ratios(2.0), 1.0, Rules(preconditioned=True)).verdict == "safe"
+    adam = judge(losses, ratios(5.0), 1.0, Rules(preconditioned=True))
+    assert adam.verdict == "borderline" and "Adam-type" in adam.reason
+    assert adam.trouble is None  # its crossing is reported, not counted as trouble
+    assert judge(losses, ratios(5.0), 1.0, Rules()).verdict == "unsafe"
+    spiked = [*losses[:50], 2.5, *losses[51:]]
+    assert judge(spiked, ratios(2.0), 1.0, Rules(preconditioned=True)).verdict == "unsafe"

@@ -11,9 +11,11 @@ For each run of the chosen families (bench/instability/families/), three things:
    event-free run at the highest LR that differs from it only in the LR (else the best
    event-free run of that family and seed).
 
-Agreement (safe or borderline vs unsafe) is reported per family and pooled with the one
-threshold pre-flight has beyond the labels' own (``Rules.hot``, the ratio past which a
-plan is unsafe however the trial's loss went) tuned leaving the scored family out.
+Agreement (safe or borderline vs unsafe) is reported per family and pooled with the two
+thresholds pre-flight has beyond the labels' own (``Rules.hot``, the ratio past which a
+plan is unsafe however the trial's loss went, and ``Rules.sharpening``, how far past the
+trial a growing ratio is followed) tuned leaving the scored family out. The fixes are
+searched with the defaults.
 The families' probe and loss close over their own model; the trial trains a copy, so
 here they are run on the copy through ``torch.func.functional_call`` on a module that
 holds the family's model.
@@ -22,6 +24,7 @@ holds the family's model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -41,7 +44,11 @@ from edgewatch.trial.grid import apply_fix
 from edgewatch.trial.verdict import Rules, judge
 
 HOTS = (1.5, 2.0, 3.0, 5.0, 10.0, math.inf)
-CHAR_GPT_SAMPLE = (0, 2, 6, 8, 9, 10)  # of its 12 runs: 3 event-free, 3 failing (time)
+SHARPENINGS = (0.0, 25.0, 50.0, 100.0, 200.0)  # 0: a growing ratio is not followed
+DEFAULT = (Rules().hot, Rules().sharpening)
+# Of char_gpt's 12 runs (for time): 4 event-free, 3 failing; run 4 is run 8's plan at a
+# tenth of its LR, the reference its fix is held against.
+CHAR_GPT_SAMPLE = (0, 2, 4, 6, 8, 9, 10)
 SLOW_BUDGET = {"char_gpt": 2.5}  # times --budget: its trials take ~40x a fast family's
 
 
@@ -108,29 +115,35 @@ def fixed_plan(spec: RunSpec, rec: dict[str, Any]) -> Callable[[int], float]:
 
 def reference(
     spec: RunSpec, runs: dict[str, dict[str, Any]], all_specs: list[RunSpec]
-) -> str | None:
+) -> RunSpec | None:
+    """The run a fixed plan's final loss is held against: for a jump run, its own plan
+    with the jump taken out (trained here when the grid lacks it); else the same family
+    and seed's event-free run at the highest LR that differs from it only in the LR
+    (digits_mlp's ``scale``);
+    else, failing both, the best event-free run of that family and seed."""
+    if spec.get("jump", 1.0) != 1.0:
+        params = tuple((k, 1.0 if k == "jump" else v) for k, v in spec.params)
+        same = [s for s in all_specs if s.family == spec.family and s.seed == spec.seed]
+        return next(
+            (s for s in same if s.params == params),
+            dataclasses.replace(spec, name=f"{spec.name}_jump_removed", params=params),
+        )
     same = [s for s in all_specs if s.family == spec.family and s.seed == spec.seed]
     ok = [s for s in same if not runs[key(s)]["events"]]
-    if spec.get("jump", 1.0) != 1.0:
-        base = {**dict(spec.params), "jump": 1.0}
-        for s in ok:
-            if dict(s.params) == base or (
-                {k: v for k, v in s.params if k not in ("jump", "jump_at")}
-                == {k: v for k, v in spec.params if k not in ("jump", "jump_at")}
-            ):
-                return key(s)
-    others = {k: v for k, v in spec.params if k not in ("lr",)}
-    like = [s for s in ok if {k: v for k, v in s.params if k != "lr"} == others]
+    knob = "scale" if spec.get("lr") is None else "lr"  # digits_mlp's LR is "scale"
+    others = {k: v for k, v in spec.params if k != knob}
+    like = [s for s in ok if {k: v for k, v in s.params if k != knob} == others]
     if like:
-        return key(max(like, key=lambda s: float(s.get("lr"))))
-    return key(min(ok, key=lambda s: runs[key(s)]["final"])) if ok else None
+        return max(like, key=lambda s: float(s.get(knob)))
+    return min(ok, key=lambda s: runs[key(s)]["final"]) if ok else None
 
 
 def key(spec: RunSpec) -> str:
     return f"{spec.family}/{spec.job}"
 
 
-def rejudge(report: dict[str, Any], hot: float) -> str:
+def rejudge(report: dict[str, Any], rules: tuple[float, float]) -> str:
+    """The verdict again from a report's curves, with (hot, sharpening) in its rules."""
     c = report["curves"]
     ests = [
         (int(t), int(s), lr, r / lr)
@@ -141,12 +154,22 @@ def rejudge(report: dict[str, Any], hot: float) -> str:
     ]
     settle = 50 if report["preconditioned"] else 0
     losses = [math.nan if v is None else v for v in c["loss"]]
-    return judge(losses, ests, 1.0, Rules(hot=hot, settle=settle), report["stopped"]).verdict
+    hot, sharpening = rules
+    pre = bool(report["preconditioned"])
+    chosen = Rules(hot=hot, settle=settle, sharpening=sharpening, preconditioned=pre)
+    return judge(losses, ests, 1.0, chosen, report["stopped"]).verdict
 
 
-def agreement(rows: list[dict[str, Any]], hot: float) -> tuple[int, int]:
-    hits = sum((rejudge(r["report"], hot) == "unsafe") == r["unsafe"] for r in rows)
+def agreement(rows: list[dict[str, Any]], rules: tuple[float, float]) -> tuple[int, int]:
+    hits = sum((rejudge(r["report"], rules) == "unsafe") == r["unsafe"] for r in rows)
     return hits, len(rows)
+
+
+def tuned(rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """(hot, sharpening) with the most agreement on ``rows``; ties go to the defaults,
+    then to the laxer rule (a higher hot, a shorter sharpening)."""
+    grid = [(h, s) for h in HOTS for s in SHARPENINGS]
+    return max(grid, key=lambda r: (agreement(rows, r)[0], r == DEFAULT, r[0], -r[1]))
 
 
 def main() -> int:
@@ -191,9 +214,11 @@ def main() -> int:
         if row["unsafe"] and rep["fix"] is not None:
             fix = full_run(spec, fixed_plan(spec, rep))
             ref = reference(spec, runs, chosen)
+            if ref is not None and key(ref) not in runs:
+                runs[key(ref)] = full_run(ref)
             row["fix_run"] = fix | {
-                "reference": ref,
-                "ref_final": runs[ref]["final"] if ref else None,
+                "reference": key(ref) if ref else None,
+                "ref_final": runs[key(ref)]["final"] if ref else None,
             }
     write(rows, runs, args, time.monotonic() - started)
     return 0
@@ -210,22 +235,23 @@ def write(rows: list[dict[str, Any]], runs: dict[str, Any], args: Any, seconds: 
     )
     lines += [
         "",
-        "| family (scored) | hot tuned on the others | agreement | default (hot 3) "
-        "| unsafe runs | borderline |",
+        "| family (scored) | hot, sharpening tuned on the others | agreement "
+        f"| defaults (hot {DEFAULT[0]:g}, sharpening {DEFAULT[1]:g}) | unsafe runs | borderline |",
         "|---|---|---|---|---|---|",
     ]
     pooled = [0, 0]
     for fam in families:
         mine = [r for r in rows if r["family"] == fam]
         others = [r for r in rows if r["family"] != fam]
-        hot = max(HOTS, key=lambda h: (agreement(others, h)[0], h == 3.0)) if others else 3.0
-        a, n = agreement(mine, hot)
-        d, _ = agreement(mine, 3.0)
+        rules = tuned(others) if others else DEFAULT
+        a, n = agreement(mine, rules)
+        d, _ = agreement(mine, DEFAULT)
         pooled[0] += a
         pooled[1] += n
         bl = sum(r["verdict"] == "borderline" for r in mine)
         lines.append(
-            f"| {fam} | {hot:g} | {a}/{n} | {d}/{n} | {sum(r['unsafe'] for r in mine)} | {bl} |"
+            f"| {fam} | {rules[0]:g}, {rules[1]:g} | {a}/{n} | {d}/{n} "
+            f"| {sum(r['unsafe'] for r in mine)} | {bl} |"
         )
     lines.append(
         f"| pooled (left-out scores) | | {pooled[0]}/{pooled[1]} = "

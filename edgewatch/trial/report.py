@@ -101,7 +101,11 @@ class PreflightReport:
             )
         if self.crossing is not None:
             step, lr, ratio = self.crossing
-            after = {True: "it flattened after", False: "it did not flatten", None: ""}
+            after = {
+                True: "the sharpness came back under the edge later (it flattened)",
+                False: "the sharpness did not come back under the edge",
+                None: "",
+            }
             lines.append(
                 f"  crosses the edge at plan step {step} (LR {lr:.3g}, ×{ratio:.3g}); "
                 f"{after[self.flattened]}"
@@ -140,12 +144,20 @@ class PreflightReport:
         cleaned: dict[str, Any] = _finite(out)
         return cleaned
 
-    def fixed_plan(self, plan: Callable[[int], float]) -> Callable[[int], float] | None:
-        """The fix as a function step -> LR (to pass as the scheduler), from the plan's
-        own function; None when there is no fix."""
+    def fixed_plan(self, plan: Any) -> Callable[[int], float] | None:
+        """The fix as a function step -> LR (to pass as the scheduler), from the plan:
+        a function step -> LR, or the torch scheduler pre-flight was given (read ahead
+        PLAN_STEPS steps on a private copy, its last LR held after); None when there is
+        no fix."""
         f = self.fix
         if f is None:
             return None
+        if hasattr(plan, "get_last_lr"):  # a torch scheduler: never called with a step
+            from edgewatch.client.schedule import PLAN_STEPS
+            from edgewatch.trial.run import planned_lrs
+
+            lrs = planned_lrs(plan, plan.optimizer, PLAN_STEPS)
+            plan = lambda step: lrs[min(step, len(lrs) - 1)]  # noqa: E731
         return apply_fix(
             plan, f.kind, f.peak_lr, f.warmup_steps, self.peak_lr, self.warmup_steps, f.jump_step
         )

@@ -7,11 +7,21 @@ bench/instability/scoring.py labels runs: against its running minimum.
 
 - **unsafe**: the loss ran away (non-finite, or ``RUNAWAY`` × its minimum without coming
   back), or spiked to ``spike`` × its minimum (a MAJOR event in the benchmark's terms,
-  even if it came back: a catapult that large costs the run), or the ratio went past
-  ``hot`` (an LR that far over the edge is not survived for long).
-- **borderline**: the ratio reached ``edge`` (0.9: a plan at 0.95 of the edge has no room
-  for the noise of a real run), or the loss rose to 1.2 × its minimum (a small
-  catapult the network flattened out of: Kalra & Barkeshli 2024, arXiv 2406.09405).
+  even if it came back: a catapult that large costs the run), or, for SGD and heavy
+  ball, the ratio went past ``hot`` (an LR that far over the edge is not survived for
+  long).
+- **borderline**: the loss rose to 1.2 × its minimum (a small catapult the network
+  flattened out of: Kalra & Barkeshli 2024, arXiv 2406.09405); for SGD and heavy ball,
+  the ratio reached ``edge`` (0.9: a plan at 0.95 of the edge has no room for the noise
+  of a real run), or the sharpness is growing so fast at the trial's end that, at its
+  rate over the trial's last quarter, the ratio reaches the edge within ``sharpening``
+  more steps (progressive sharpening, Cohen et al. 2021: the trial is short, the job is
+  not). A forecast, so a caution and not a failure: full-batch GD reaches the edge and
+  trains on there (Cohen et al. 2021), and in the benchmark the rule flagged healthy GD
+  runs as often as failing SGD ones (``bench/RESULTS.md``). For Adam-type optimizers, a
+  ratio past ``hot``: they train with the preconditioned sharpness at or over its edge
+  (Cohen et al. 2022; 5 of the benchmark's 34 event-free Adam runs read 1.8-82× it,
+  README "Forecast"), so for them the ratio is never a failure, and the edge no verdict.
 - **safe**: neither.
 
 For Adam-type optimizers the estimates of the first ``settle`` trial steps are left out:
@@ -30,6 +40,9 @@ HOT = 3.0
 SPIKE = 2.0
 SMALL = 1.2
 RUNAWAY = 10.0
+SHARPENING = 100.0  # steps (updates) past the trial's end a growing ratio is followed
+LAST_QUARTER = 0.75  # the growth rate is fitted on the estimates after this share
+MIN_FIT = 4  # estimates at least, for a growth rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +54,11 @@ class Rules:
     spike: float = SPIKE
     settle: int = 0
     """Trial steps whose estimates are left out (Adam-type: 50)."""
+    sharpening: float = SHARPENING
+    """Updates past the trial's end within which a growing ratio reaching the edge makes
+    the plan borderline (0: the growth is not followed)."""
+    preconditioned: bool = False
+    """An Adam-type optimizer's ratio: a caution past ``hot``, never a failure."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +79,11 @@ class Judgement:
     """After its highest point the loss came back under 1.2 × its minimum."""
     flattened: bool | None
     """After a crossing, a later estimate back under 1.0 (None: no crossing)."""
+    to_edge: float | None = None
+    """Updates past the trial's end until the ratio reaches 1.0 at its growth rate over
+    the trial's last quarter (None: not growing, already at the edge, or Adam-type)."""
+    ratio_judged: bool = True
+    """The crossing counts as trouble (False for Adam-type optimizers: reported only)."""
 
 
 def judge(
@@ -84,29 +107,67 @@ def judge(
     if over:
         flattened = any(r < 1.0 for i, _, _, r in counted if i > over[0][0])
     loss_peak, recovered, small_at = _loss_health(losses)
-    trouble_at = [t for t in (small_at, over[0][0] if over else None) if t is not None]
+    pre = rules.preconditioned  # Adam-type: the ratio is a caution past ``hot`` only
+    growth = [(i, lr, r) for i, _, lr, r in counted if math.isfinite(r) and r > 0 and lr > 0]
+    to_edge = None if pre else _steps_to_edge(growth)
+    crossed = over[0][0] if over and not pre else None
+    trouble_at = [t for t in (small_at, crossed) if t is not None]
     trouble = min(trouble_at) if trouble_at else None
     finite_end = bool(losses) and math.isfinite(losses[-1])
+    ratio_text = f"sharpness × LR reached {max_ratio:.3g}× the edge"
+    cautions = []
+    if loss_peak >= SMALL:
+        cautions.append(f"the loss rose to {loss_peak:.3g}× its best")
+    if max_ratio >= (rules.hot if pre else rules.edge):
+        cautions.append(
+            ratio_text + (" (Adam-type: over its edge is where it trains)" if pre else "")
+        )
+    if to_edge is not None and to_edge <= rules.sharpening:
+        cautions.append(
+            f"sharpness × LR is {ratios[-1]:.3g}× the edge and growing: at its rate over the "
+            f"trial's last quarter it reaches the edge {to_edge:.0f} steps after the trial"
+        )
     if stopped or not finite_end or (loss_peak >= RUNAWAY and not recovered):
         verdict, reason = "unsafe", "the loss ran away"
     elif loss_peak >= rules.spike:
         how = "and came back" if recovered else "and had not come back at the trial's end"
         verdict, reason = "unsafe", f"the loss spiked to {loss_peak:.3g}× its best {how}"
-    elif max_ratio >= rules.hot:
-        verdict, reason = "unsafe", f"sharpness × LR reached {max_ratio:.3g}× the edge"
-    elif max_ratio >= rules.edge or loss_peak >= SMALL:
-        what = f"sharpness × LR reached {max_ratio:.3g}× the edge"
-        if loss_peak >= SMALL:
-            what += f"; the loss rose to {loss_peak:.3g}× its best"
-        verdict, reason = "borderline", what
+    elif not pre and max_ratio >= rules.hot:
+        verdict, reason = "unsafe", ratio_text
+    elif cautions:
+        verdict, reason = "borderline", "; ".join(cautions)
     else:
         verdict = "safe"
         reason = f"sharpness × LR stayed at or under {max_ratio:.3g}× the edge"
         if math.isnan(max_ratio):
             reason = "the loss stayed healthy (no sharpness estimate counted)"
     return Judgement(
-        verdict, reason, max_ratio, peak_ratio, crossing, trouble, loss_peak, recovered, flattened
-    )
+        verdict, reason, max_ratio, peak_ratio, crossing, trouble, loss_peak, recovered,
+        flattened, to_edge, not pre,
+    )  # fmt: skip
+
+
+def _steps_to_edge(ratios: Sequence[tuple[int, float, float]]) -> float | None:
+    """Steps after the last estimate until the ratio reaches 1.0 at the last LR, the
+    sharpness growing at the rate a least-squares line through log(ratio / LR) over the
+    last quarter of the trial gives (the LR taken out: a warmup's rise is no growth)."""
+    if len(ratios) < MIN_FIT:
+        return None
+    start = LAST_QUARTER * ratios[-1][0]
+    tail = [(i, math.log(r / lr)) for i, lr, r in ratios if i >= start]
+    if len(tail) < MIN_FIT:
+        tail = [(i, math.log(r / lr)) for i, lr, r in ratios[-MIN_FIT:]]
+    mean_i = sum(i for i, _ in tail) / len(tail)
+    mean_y = sum(y for _, y in tail) / len(tail)
+    spread = sum((i - mean_i) ** 2 for i, _ in tail)
+    if spread == 0:
+        return None
+    rate = sum((i - mean_i) * (y - mean_y) for i, y in tail) / spread
+    # The line's value at the last estimate, not the noisy estimate's, at the last LR.
+    last = mean_y + rate * (tail[-1][0] - mean_i) + math.log(ratios[-1][1])
+    if rate <= 0 or last >= 0:
+        return None
+    return -last / rate
 
 
 def _loss_health(losses: Sequence[float]) -> tuple[float, bool, int | None]:
