@@ -233,19 +233,19 @@ def test_the_fix_is_a_plan_from_the_scheduler_passed() -> None:
     assert sched.last_epoch == 0 and opt.param_groups[0]["lr"] == 0.5  # read on a copy
 
 
-def test_an_adam_type_ratio_over_the_edge_is_a_caution_never_a_failure() -> None:
+def test_an_adam_type_ratio_over_the_edge_is_reported_and_the_loss_judges() -> None:
     # Healthy minibatch Adam trains with its preconditioned ratio over 1 (README,
-    # "Forecast"): with a healthy loss, 2× the edge is safe for Adam, 5× borderline
-    # (past hot), and 5× is unsafe for SGD.
+    # "Forecast"): with a healthy loss, 5× the edge is safe for Adam and unsafe for SGD,
+    # and so is 12,000× (a healthy char_rnn trial's, bench/RESULTS.md).
     losses = [1.0 - 0.001 * t for t in range(100)]
 
     def ratios(value: float) -> list[tuple[int, int, float, float]]:
         return [(t, t, 1.0, value) for t in range(0, 100, 4)]
 
-    assert judge(losses, ratios(2.0), 1.0, Rules(preconditioned=True)).verdict == "safe"
     adam = judge(losses, ratios(5.0), 1.0, Rules(preconditioned=True))
-    assert adam.verdict == "borderline" and "Adam-type" in adam.reason
+    assert adam.verdict == "safe" and adam.max_ratio == 5.0
     assert adam.trouble is None  # its crossing is reported, not counted as trouble
     assert judge(losses, ratios(5.0), 1.0, Rules()).verdict == "unsafe"
-    spiked = [*losses[:50], 2.5, *losses[51:]]
+    assert judge(losses, ratios(1.2e4), 1.0, Rules(preconditioned=True)).verdict == "safe"
+    spiked = [*losses[:50], 2.5, *losses[51:]]  # the loss judges: a spike is unsafe
     assert judge(spiked, ratios(2.0), 1.0, Rules(preconditioned=True)).verdict == "unsafe"

@@ -99,16 +99,23 @@ class PreflightReport:
                 f"  at the peak: sharpness × LR = {self.peak_ratio:.3g} of the edge "
                 f"(margin ×{self.margin:.3g}); highest {self.max_ratio:.3g}"
             )
-        if self.crossing is not None:
+        if self.crossing is not None and self.preconditioned:
+            step, lr, ratio = self.crossing
+            lines.append(
+                f"  over its edge from plan step {step} (LR {lr:.3g}, ×{ratio:.3g}), where "
+                "Adam-type optimizers train: the loss judges them"
+            )
+        elif self.crossing is not None:
             step, lr, ratio = self.crossing
             after = {
-                True: "the sharpness came back under the edge later (it flattened)",
-                False: "the sharpness did not come back under the edge",
+                True: "; the sharpness came back under the edge later (it flattened)",
+                False: "; the sharpness did not come back under the edge",
                 None: "",
             }
+            ran_away = self.loss_peak >= 1.2 and not self.recovered
             lines.append(
-                f"  crosses the edge at plan step {step} (LR {lr:.3g}, ×{ratio:.3g}); "
-                f"{after[self.flattened]}"
+                f"  crosses the edge at plan step {step} (LR {lr:.3g}, ×{ratio:.3g})"
+                f"{'' if ran_away else after[self.flattened]}"
             )
         if self.loss_peak >= 1.2:
             back = "came back" if self.recovered else "did not come back"
