@@ -121,14 +121,13 @@ def reference(
     and seed's event-free run at the highest LR that differs from it only in the LR
     (digits_mlp's ``scale``);
     else, failing both, the best event-free run of that family and seed."""
+    same = [s for s in all_specs if s.family == spec.family and s.seed == spec.seed]
     if spec.get("jump", 1.0) != 1.0:
         params = tuple((k, 1.0 if k == "jump" else v) for k, v in spec.params)
-        same = [s for s in all_specs if s.family == spec.family and s.seed == spec.seed]
         return next(
             (s for s in same if s.params == params),
             dataclasses.replace(spec, name=f"{spec.name}_jump_removed", params=params),
         )
-    same = [s for s in all_specs if s.family == spec.family and s.seed == spec.seed]
     ok = [s for s in same if not runs[key(s)]["events"]]
     knob = "scale" if spec.get("lr") is None else "lr"  # digits_mlp's LR is "scale"
     others = {k: v for k, v in spec.params if k != knob}

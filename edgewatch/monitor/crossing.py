@@ -44,7 +44,7 @@ import dataclasses
 import math
 import statistics
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from edgewatch.monitor.plan import LRPlan
 from edgewatch.monitor.settings import PredictorSettings
@@ -245,12 +245,34 @@ class CurvatureForecast:
             return 0.0, 0.1
         xs = [e.step for e in recent]
         ys = [math.log(e.value) for e in recent]
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        sxx = sum((x - mx) ** 2 for x in xs)
-        if sxx == 0:
+        line = fit_line(xs, ys)
+        if line is None:
             return 0.0, 0.1
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-        residuals = [y - (my + slope * (x - mx)) for x, y in zip(xs, ys, strict=True)]
+        residuals = [y - line.at(x) for x, y in zip(xs, ys, strict=True)]
         spread = sum(r * r for r in residuals) / (len(recent) - 2)
-        stderr = math.sqrt(spread / sxx)
-        return max(0.0, slope - 2 * stderr), max(0.05, math.sqrt(spread))
+        stderr = math.sqrt(spread / line.sxx)
+        return max(0.0, line.slope - 2 * stderr), max(0.05, math.sqrt(spread))
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    """A least-squares line: y = mean_y + slope · (x − mean_x)."""
+
+    slope: float
+    mean_x: float
+    mean_y: float
+    sxx: float
+    """Σ (x − mean_x)², for the slope's standard error."""
+
+    def at(self, x: float) -> float:
+        return self.mean_y + self.slope * (x - self.mean_x)
+
+
+def fit_line(xs: Sequence[float], ys: Sequence[float]) -> Line | None:
+    """The least-squares line through (xs, ys); None where the xs do not spread."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return Line(slope, mx, my, sxx)

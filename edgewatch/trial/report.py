@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgewatch.trial.grid import apply_fix
+from edgewatch.trial.verdict import SMALL
 
 MAX_POINTS = 200  # points of each curve kept in the record sent to the daemon
 
@@ -112,12 +113,12 @@ class PreflightReport:
                 False: "; the sharpness did not come back under the edge",
                 None: "",
             }
-            ran_away = self.loss_peak >= 1.2 and not self.recovered
+            ran_away = self.loss_peak >= SMALL and not self.recovered
             lines.append(
                 f"  crosses the edge at plan step {step} (LR {lr:.3g}, ×{ratio:.3g})"
                 f"{'' if ran_away else after[self.flattened]}"
             )
-        if self.loss_peak >= 1.2:
+        if self.loss_peak >= SMALL:
             back = "came back" if self.recovered else "did not come back"
             lines.append(f"  loss rose to {self.loss_peak:.3g}× its best and {back}")
         if self.safe_lr is not None and self.verdict != "safe":

@@ -212,7 +212,7 @@ def search_fix(
         best = best or (tried[0] if tried[0].verdict == "borderline" else None)
     kind = "jump" if at is not None else "scale"
     unsafe = plan(at) if at is not None else grid.peak_lr  # the lowest peak not safe
-    for peak in _lower_peaks(plan, grid, at if after_jump else None, safe_lr):
+    for peak in _lower_peaks(lrs, grid, at if after_jump else None, safe_lr):
         tried = attempt(peak, grid.warmup_steps, kind)
         if tried is None:
             return best
@@ -244,34 +244,42 @@ def refine(safe: Fix, unsafe: float, attempt: Callable[[float], tuple[Fix, bool]
 def _longer_warmups(grid: TrialGrid, j: Judgement, trace: Trace) -> list[int]:
     """The same peak reached 2× and 4× later, where the trouble came in the warmup (the
     network flattens first: Kalra & Barkeshli 2024)."""
-    if grid.warmup_steps <= 1 or j.trouble is None:
+    trouble_step = _trouble_plan_step(j, trace)
+    if grid.warmup_steps <= 1 or trouble_step is None:
         return []
-    trouble_step = trace.plan_steps[min(j.trouble, len(trace.plan_steps) - 1)]
     if trouble_step > grid.warmup_steps + grid.stride * LAG:
         return []
     return [round(grid.warmup_steps * factor) for factor in (2.0, 4.0)]
 
 
 def _lower_peaks(
-    plan: Callable[[int], float], grid: TrialGrid, at: int | None, safe_lr: float | None
+    lrs: list[float], grid: TrialGrid, at: int | None, safe_lr: float | None
 ) -> list[float]:
     """Lower peaks to try, highest first, each SHRINK below the last. After a scheduled
     jump the first is the LR before it (the jump taken out): the loss shows trouble some
     steps after its cause, so the LRs trained after the jump are no safe LRs. Otherwise
     FIX_CAP of the highest LR that was safe, else a tenth of the peak."""
     if at is not None:
-        first = max(plan(s) for s in range(at))
+        first = max(lrs[:at])
         return [first] + [FIX_CAP * first / SHRINK**i for i in range(MAX_FIXES - 1)]
     first = FIX_CAP * safe_lr if safe_lr else grid.peak_lr / 10
     return [first / SHRINK**i for i in range(MAX_FIXES)]
 
 
+def _trouble_plan_step(j: Judgement, trace: Trace) -> int | None:
+    """The plan step where the trial first went wrong: the loss, or a crossing where the
+    ratio is judged (``Judgement.trouble`` holds both); None where nothing did."""
+    if j.trouble is None or not trace.plan_steps:
+        return None
+    return trace.plan_steps[min(j.trouble, len(trace.plan_steps) - 1)]
+
+
 def _trouble_step(j: Judgement, trace: Trace) -> int:
-    """The plan step where the trial first went wrong (the crossing or the loss)."""
-    steps = [j.crossing[0]] if j.crossing is not None and j.ratio_judged else []
-    if j.trouble is not None and trace.plan_steps:
-        steps.append(trace.plan_steps[min(j.trouble, len(trace.plan_steps) - 1)])
-    return min(steps, default=len(trace.plan_steps) and trace.plan_steps[-1])
+    """The plan step where the trial first went wrong, else its last plan step."""
+    step = _trouble_plan_step(j, trace)
+    if step is not None:
+        return step
+    return trace.plan_steps[-1] if trace.plan_steps else 0
 
 
 def curves(trace: Trace, constant: float) -> dict[str, list[float]]:

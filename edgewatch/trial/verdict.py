@@ -38,6 +38,8 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+from edgewatch.monitor.crossing import fit_line
+
 EDGE = 0.9
 HOT = 3.0
 SPIKE = 2.0
@@ -158,17 +160,14 @@ def _steps_to_edge(ratios: Sequence[tuple[int, float, float]]) -> float | None:
     tail = [(i, math.log(r / lr)) for i, lr, r in ratios if i >= start]
     if len(tail) < MIN_FIT:
         tail = [(i, math.log(r / lr)) for i, lr, r in ratios[-MIN_FIT:]]
-    mean_i = sum(i for i, _ in tail) / len(tail)
-    mean_y = sum(y for _, y in tail) / len(tail)
-    spread = sum((i - mean_i) ** 2 for i, _ in tail)
-    if spread == 0:
+    line = fit_line([i for i, _ in tail], [y for _, y in tail])
+    if line is None:
         return None
-    rate = sum((i - mean_i) * (y - mean_y) for i, y in tail) / spread
     # The line's value at the last estimate, not the noisy estimate's, at the last LR.
-    last = mean_y + rate * (tail[-1][0] - mean_i) + math.log(ratios[-1][1])
-    if rate <= 0 or last >= 0:
+    last = line.at(tail[-1][0]) + math.log(ratios[-1][1])
+    if line.slope <= 0 or last >= 0:
         return None
-    return -last / rate
+    return -last / line.slope
 
 
 def _loss_health(losses: Sequence[float]) -> tuple[float, bool, int | None]:
